@@ -1,0 +1,100 @@
+"""Devices: a device is a name plus the array module (`xp`) that holds its arrays.
+
+`cpu` is NumPy. `cuda` is CuPy, imported only when a tensor first asks for it, so `import tinygrad_gpt` works on a
+machine without CuPy or without a GPU; asking for `cuda` there raises one clear `DeviceError`.
+Code above this file never imports numpy-or-cupy by itself for array work: it asks a tensor for `t.xp`.
+"""
+import numpy as np
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for that this machine cannot provide, or two devices were mixed."""
+
+
+class Device:
+    __slots__ = ("name", "xp")
+
+    def __init__(self, name, xp):
+        self.name, self.xp = name, xp
+
+    def __repr__(self):
+        return f"Device({self.name!r})"
+
+    def __str__(self):
+        return self.name
+
+    def __eq__(self, other):
+        return isinstance(other, Device) and other.name == self.name
+
+    def __hash__(self):
+        return hash(self.name)
+
+
+CPU = Device("cpu", np)
+_cuda = None
+
+
+def _load_cuda():
+    global _cuda
+    if _cuda is None:
+        try:
+            import cupy
+        except ImportError as e:
+            raise DeviceError("device 'cuda' needs CuPy: install it with `pip install .[gpu]` "
+                              f"(import failed: {e})") from None
+        try:
+            n = cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:  # CUDARuntimeError when no driver is present
+            raise DeviceError(f"device 'cuda' is not usable: no CUDA GPU or driver found ({e})") from None
+        if n < 1:
+            raise DeviceError("device 'cuda' is not usable: no CUDA GPU found")
+        _cuda = Device("cuda", cupy)
+    return _cuda
+
+
+def get_device(device=None):
+    """'cpu', 'cuda', a Device, or None (cpu) -> Device."""
+    if device is None:
+        return CPU
+    if isinstance(device, Device):
+        return device
+    name = str(device).lower()
+    if name == "cpu":
+        return CPU
+    if name in ("cuda", "gpu", "cuda:0"):
+        return _load_cuda()
+    raise DeviceError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+
+
+def device_of(array):
+    """The Device that holds a backend array (NumPy arrays are cpu)."""
+    if isinstance(array, np.ndarray) or np.isscalar(array):
+        return CPU
+    if type(array).__module__.startswith("cupy"):
+        return _load_cuda()
+    return CPU
+
+
+def to_host(array):
+    """A NumPy array with the same contents (no copy for NumPy input)."""
+    if isinstance(array, np.ndarray):
+        return array
+    if hasattr(array, "get"):
+        return array.get()
+    return np.asarray(array)
+
+
+def to_device(array, device):
+    """Move a backend array to `device` (a Device); no copy when it is already there."""
+    if device.name == "cpu":
+        return to_host(array)
+    return device.xp.asarray(array)
+
+
+def cuda_available():
+    """True when the cuda device can be used here (CuPy importable and a GPU present)."""
+    try:
+        _load_cuda()
+        return True
+    except DeviceError:
+        return False
