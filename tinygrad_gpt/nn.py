@@ -1,0 +1,141 @@
+"""Modules: parameters found by walking attributes, train/eval, strict state dicts; the basic layers."""
+import numpy as np
+
+from . import functional as F
+from .backend import get_device, to_device, to_host
+from .tensor import Tensor
+
+
+class Module:
+    training = True
+
+    def children(self):
+        """(name, module) for every Module attribute, lists of Modules numbered, in definition order."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield f"{name}.{i}", item
+
+    def named_parameters(self, prefix=""):
+        out = []
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor) and value.requires_grad:
+                out.append((prefix + name, value))
+        for name, child in self.children():
+            out.extend(child.named_parameters(prefix + name + "."))
+        return out
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self):
+        return sum(p.size for p in self.parameters())
+
+    def modules(self):
+        yield self
+        for _, child in self.children():
+            yield from child.modules()
+
+    def train(self, mode=True):
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def state_dict(self):
+        """{name: float32 NumPy array} on the host (copies)."""
+        return {name: np.array(to_host(p.data), dtype=np.float32) for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Strict: every parameter present with its shape, nothing extra. Copies in place (keeps array identity,
+        so an optimizer's flat buffers stay attached)."""
+        params = dict(self.named_parameters())
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        wrong = [f"{k}: expected {params[k].shape}, got {tuple(state[k].shape)}"
+                 for k in params if k in state and tuple(state[k].shape) != params[k].shape]
+        problems = []
+        if missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if wrong:
+            problems.append("wrong shapes: " + "; ".join(wrong))
+        if problems:
+            raise ValueError("load_state_dict: " + " | ".join(problems))
+        for name, p in params.items():
+            p.data[...] = to_device(np.asarray(state[name]), p.device).astype(p.dtype, copy=False)
+        return self
+
+    def to(self, device):
+        """Move every parameter to `device` (build the optimizer after this)."""
+        device = get_device(device)
+        for _, p in self.named_parameters():
+            if p.device != device:
+                p.data, p.device, p.grad = to_device(p.data, device), device, None
+        return self
+
+
+def parameter(array, device):
+    return Tensor(array, requires_grad=True, device=device)
+
+
+class Linear(Module):
+    def __init__(self, n_in, n_out, bias=True, rng=None, dtype=np.float32, device="cpu"):
+        rng = rng or np.random.default_rng(0)
+        self.weight = parameter(rng.normal(0.0, 0.02, (n_out, n_in)).astype(dtype), device)  # (out, in)
+        self.bias = parameter(np.zeros(n_out, dtype), device) if bias else None
+
+    def __call__(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+class Embedding(Module):
+    def __init__(self, n, dim, rng=None, dtype=np.float32, device="cpu"):
+        rng = rng or np.random.default_rng(0)
+        self.weight = parameter(rng.normal(0.0, 0.02, (n, dim)).astype(dtype), device)  # (n, dim)
+
+    def __call__(self, idx):
+        """Rows of the table for integer indices (any shape); for the GPT's token + position sum see
+        functional.embedding, which fuses both into one node."""
+        return self.weight[idx.data if isinstance(idx, Tensor) else idx]
+
+
+class LayerNorm(Module):
+    def __init__(self, dim, bias=True, eps=1e-5, dtype=np.float32, device="cpu"):
+        self.weight = parameter(np.ones(dim, dtype), device)
+        self.bias = parameter(np.zeros(dim, dtype), device) if bias else None
+        self.eps = eps
+
+    def __call__(self, x):
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class Dropout(Module):
+    """Inverted dropout. Masks come from `self.source(shape) -> bool keep-mask`, set by the owning model to draw
+    from its seeded generator (or to replay given masks in tests). Identity in eval mode or when p == 0."""
+
+    def __init__(self, p):
+        self.p = float(p)
+        self.source = None
+
+    def active(self):
+        return self.training and self.p > 0.0
+
+    def mask(self, shape, xp=np):
+        keep = self.source(shape)
+        return xp.asarray(keep)
+
+    def __call__(self, x):
+        if not self.active():
+            return x
+        return F.dropout(x, self.mask(x.shape, x.xp), self.p)

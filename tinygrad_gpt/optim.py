@@ -1,0 +1,128 @@
+"""AdamW with torch.optim.AdamW's exact semantics (SPEC section 3), on one flat buffer per parameter group.
+
+At construction each group's parameters are copied into one contiguous array and every parameter's `.data`
+becomes a view into it, so a step is a handful of whole-buffer operations instead of a loop of small ones.
+(Build the optimizer after `model.to(device)`; `load_state_dict` copies in place and keeps the views.)
+"""
+import math
+
+import numpy as np
+
+from .backend import to_device, to_host
+
+
+class _Group:
+    def __init__(self, params, lr, weight_decay):
+        self.params, self.lr, self.weight_decay = params, lr, weight_decay
+        xp, dtype = params[0].xp, params[0].dtype
+        for p in params:
+            if p.device != params[0].device or p.dtype != dtype:
+                raise ValueError("AdamW: all parameters of a group must share one device and dtype")
+        sizes = [p.size for p in params]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+        self.flat = xp.empty(self.offsets[-1], dtype=dtype)           # all parameters of the group, end to end
+        for p, a, b in zip(params, self.offsets, self.offsets[1:]):
+            self.flat[a:b] = p.data.reshape(-1)
+            p.data = self.flat[a:b].reshape(p.shape)                  # the parameter now lives in the buffer
+        self.grad = xp.zeros_like(self.flat)
+        self.exp_avg = xp.zeros_like(self.flat)                       # m
+        self.exp_avg_sq = xp.zeros_like(self.flat)                    # v
+
+    def views(self, flat):
+        return [flat[a:b].reshape(p.shape) for p, a, b in zip(self.params, self.offsets, self.offsets[1:])]
+
+
+class AdamW:
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, max_grad_norm=None):
+        params = list(params)
+        if not params:
+            raise ValueError("AdamW: no parameters to optimize")
+        if not isinstance(params[0], dict):
+            params = [{"params": params}]
+        self.groups = []
+        for g in params:
+            ps = list(g["params"])
+            if ps:
+                self.groups.append(_Group(ps, g.get("lr", lr), g.get("weight_decay", weight_decay)))
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.max_grad_norm = max_grad_norm
+        self.t = 0
+        self.last_grad_norm = None
+
+    @property
+    def lr(self):
+        return self.groups[0].lr
+
+    def set_lr(self, lr):
+        for g in self.groups:
+            g.lr = lr
+
+    def parameters(self):
+        return [p for g in self.groups for p in g.params]
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def clip_grad_norm(self, max_norm):
+        """Scale all gradients by min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_; returns the
+        total norm before clipping."""
+        total = math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum())
+                              for p in self.parameters() if p.grad is not None))
+        coef = min(1.0, max_norm / (total + 1e-6))
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad *= coef
+        return total
+
+    def step(self):
+        if self.max_grad_norm is not None:
+            self.last_grad_norm = self.clip_grad_norm(self.max_grad_norm)
+        self.t += 1
+        bc1 = 1.0 - self.beta1 ** self.t
+        bc2_sqrt = math.sqrt(1.0 - self.beta2 ** self.t)
+        for grp in self.groups:
+            if all(p.grad is not None for p in grp.params):
+                for p, g in zip(grp.params, grp.views(grp.grad)):
+                    g[...] = p.grad
+                self._update(grp.flat, grp.grad, grp.exp_avg, grp.exp_avg_sq, grp, bc1, bc2_sqrt)
+            else:  # torch skips parameters without a gradient: update the others one by one
+                for i, p in enumerate(grp.params):
+                    if p.grad is not None:
+                        m, v = grp.views(grp.exp_avg)[i], grp.views(grp.exp_avg_sq)[i]
+                        self._update(p.data, p.grad, m, v, grp, bc1, bc2_sqrt)
+
+    def _update(self, p, g, m, v, grp, bc1, bc2_sqrt):
+        """In place, in torch's order of operations."""
+        xp = grp.params[0].xp
+        if grp.weight_decay:
+            p *= 1.0 - grp.lr * grp.weight_decay                     # p -= lr * wd * p
+        m += (g - m) * (1.0 - self.beta1)                             # m = beta1 m + (1 - beta1) g   (torch's lerp)
+        v *= self.beta2
+        v += (g * g) * (1.0 - self.beta2)                             # v = beta2 v + (1 - beta2) g^2
+        denom = xp.sqrt(v)
+        denom /= bc2_sqrt
+        denom += self.eps                                             # sqrt(v / (1 - beta2^t)) + eps
+        step = m / denom
+        step *= grp.lr / bc1
+        p -= step                                                     # p -= lr * m_hat / (sqrt(v_hat) + eps)
+
+    def state_dict(self):
+        """{"step": t, "exp_avg": [...], "exp_avg_sq": [...]}: host arrays in parameter order."""
+        m = [to_host(a).copy() for g in self.groups for a in g.views(g.exp_avg)]
+        v = [to_host(a).copy() for g in self.groups for a in g.views(g.exp_avg_sq)]
+        return {"step": self.t, "exp_avg": m, "exp_avg_sq": v}
+
+    def load_state_dict(self, state):
+        params = self.parameters()
+        for key in ("exp_avg", "exp_avg_sq"):
+            if len(state[key]) != len(params):
+                raise ValueError(f"AdamW.load_state_dict: {len(state[key])} {key} arrays for {len(params)} parameters")
+        views = [(a, b) for g in self.groups for a, b in zip(g.views(g.exp_avg), g.views(g.exp_avg_sq))]
+        for p, (m, v), sm, sv in zip(params, views, state["exp_avg"], state["exp_avg_sq"]):
+            if tuple(sm.shape) != p.shape or tuple(sv.shape) != p.shape:
+                raise ValueError(f"AdamW.load_state_dict: moment shape {tuple(sm.shape)} for a parameter of {p.shape}")
+            m[...] = to_device(np.asarray(sm), p.device)
+            v[...] = to_device(np.asarray(sv), p.device)
+        self.t = int(state["step"])
