@@ -153,17 +153,18 @@ def attention_forward(q, k, v, keep=None, p=0.0):
     s /= s.sum(axis=-1, keepdims=True)                             # P (B, H, t, Tk); masked entries exactly 0
     a = s
     if keep is not None:
-        a = s * (keep * (1.0 / (1.0 - p)))                         # A = P * M / (1 - p)
+        keep = keep_scale(keep, p, s.dtype)                        # M / (1 - p), in s's dtype
+        a = s * keep                                               # A = P * M / (1 - p)
     y = a @ v                                                      # (B, H, t, hs)  Y = A v
-    return y, (q, k, v, s, a, keep, p, scale)
+    return y, (q, k, v, s, a, keep, scale)
 
 
 def attention_backward(dy, cache):
-    q, k, v, prob, a, keep, p, scale = cache
+    q, k, v, prob, a, keep, scale = cache
     dv = a.swapaxes(-1, -2) @ dy                                   # dV = A^T dY          (B, H, Tk, hs)
     dp = dy @ v.swapaxes(-1, -2)                                   # dA = dY V^T          (B, H, t, Tk)
     if keep is not None:
-        dp *= keep * (1.0 / (1.0 - p))                             # dP = dA * M / (1 - p)
+        dp *= keep                                                 # dP = dA * M / (1 - p)
     # dS = P * (dP - sum_j dP * P); masked entries have P = 0, so their gradient is exactly 0
     ds = dp
     ds -= (dp * prob).sum(axis=-1, keepdims=True)
@@ -206,9 +207,14 @@ def self_attention(qkv, n_head, keep=None, p=0.0):
 
 # ---- dropout -----------------------------------------------------------------------------------------------------
 
+def keep_scale(keep, p, dtype):
+    """The boolean keep-mask times 1 / (1 - p), in `dtype` (a bare Python float would make it float64)."""
+    return keep * _xp(keep).asarray(1.0 / (1.0 - p), dtype=dtype)
+
+
 def dropout(x, keep, p):
     """Inverted dropout with a given boolean keep-mask: y = x * keep / (1 - p)."""
-    m = keep * x.xp.asarray(1.0 / (1.0 - p), dtype=x.dtype)       # mask times scale, in x's dtype
+    m = keep_scale(keep, p, x.dtype)                               # (shape of x)
     return Tensor._make(x.data * m, (x,), lambda g: (g * m,), "dropout")
 
 
