@@ -198,7 +198,7 @@ def self_attention(qkv, n_head, keep=None, p=0.0):
 
     def backward(g):
         hs = c3 // (3 * n_head)
-        dy = g.reshape(b, t, n_head, hs).transpose(0, 2, 1, 3)     # (B, H, t, hs)
+        dy = xp.ascontiguousarray(g.reshape(b, t, n_head, hs).transpose(0, 2, 1, 3))   # (B, H, t, hs)
         dq, dk, dv = attention_backward(dy, cache)
         dqkv = xp.stack((dq, dk, dv))                              # (3, B, H, t, hs)
         return (dqkv.transpose(1, 3, 0, 2, 4).reshape(b, t, c3),)  # (B, t, 3C)
