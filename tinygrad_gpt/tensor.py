@@ -91,7 +91,8 @@ class Tensor:
     def _make(cls, data, parents, backward, op):
         """A new tensor holding `data`, recording `parents` and `backward` when a gradient must flow."""
         out = cls.__new__(cls)
-        out.data, out.grad, out.device, out._op = data, None, parents[0].device, op
+        # asarray: NumPy returns scalars, not 0-d arrays, from ops on 0-d arrays and from full reductions
+        out.data, out.grad, out.device, out._op = parents[0].xp.asarray(data), None, parents[0].device, op
         out.requires_grad = _grad_enabled and any(p.requires_grad for p in parents)
         if out.requires_grad:
             out._parents, out._backward = parents, backward
@@ -169,7 +170,7 @@ class Tensor:
         if self.grad is None:
             # A leaf owns its gradient (users and the optimizer may change it in place); an inner node's
             # gradient may alias another node's and is only read.
-            self.grad = g.copy() if self._op is None else g
+            self.grad = self.xp.array(g) if self._op is None else g  # a copy, and a 0-d array, not a scalar
         elif self._op is None:
             self.grad += g
         else:
@@ -201,6 +202,9 @@ class Tensor:
             if id(node) in visited:
                 continue
             visited.add(id(node))
+            if node._op is not None and node._backward is None:  # an inner node an earlier backward() freed
+                raise RuntimeError(f"backward() through a graph that was already freed by an earlier backward(): the "
+                                   f"{node._op} node of shape {node.shape} was used again after its graph was freed")
             stack.append((node, True))
             for p in node._parents:
                 if p.requires_grad and id(p) not in visited:
@@ -258,8 +262,10 @@ class Tensor:
         if isinstance(exponent, Tensor) or not isinstance(exponent, (int, float)):
             raise TypeError("Tensor ** x supports a Python scalar exponent only")
         x = self.data
-        # d(x^n)/dx = n x^(n-1)
-        return Tensor._make(x ** exponent, (self,), lambda g: (g * exponent * x ** (exponent - 1),), "pow")
+        # d(x^n)/dx = n x^(n-1); exactly 0 for n = 0 (also at x = 0, where 0 * 0**-1 would give nan)
+        xp = self.xp
+        return Tensor._make(x ** exponent, (self,),
+                            lambda g: (g * exponent * x ** (exponent - 1) if exponent else xp.zeros_like(g),), "pow")
 
     # ---- unary functions -------------------------------------------------------------------------------------
     def exp(self):
