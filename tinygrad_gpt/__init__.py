@@ -4,5 +4,6 @@ from .tensor import Tensor, no_grad, tensor
 from .gradcheck import gradcheck
 from .model import GPT, GPTConfig
 from .optim import AdamW
+from .data import CharTokenizer
 
 __version__ = "0.1.0"

@@ -1,0 +1,161 @@
+"""The command line: `tinygrad-gpt train ...` and `tinygrad-gpt sample ...` (also `python -m tinygrad_gpt`).
+
+Bad input (a missing or unusable corpus, an impossible config, an output directory holding another run, an unusable
+checkpoint, a prompt outside the vocabulary, an unavailable device) prints one line, "error: ...", on stderr and
+exits with status 2, with no traceback and nothing written. A run that diverges or cannot save exits with 1
+(its last good checkpoint intact), Ctrl-C with 130 (after saving).
+"""
+import argparse
+import os
+import sys
+
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line ("error: ..." plus where to find help), not the usage dump."""
+
+    def error(self, message):
+        raise _UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    return value
+
+
+def build_parser():
+    from .train import DEFAULT_PRESET, PRESETS
+    p = _Parser(prog="tinygrad-gpt", description="Train and sample the char-level GPT of \"Let's build GPT\" "
+                "on a NumPy autograd engine (no torch).")
+    sub = p.add_subparsers(dest="command", metavar="{train,sample}", parser_class=_Parser)
+    sub.required = True
+
+    preset_lines = "\n".join(f"  {name:8} " + " ".join(f"{k}={v}" for k, v in cfg.items())
+                             for name, cfg in PRESETS.items())
+    t = sub.add_parser("train", help="train a GPT on a text corpus",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a GPT. With no arguments: the 'cpu' preset on the packaged tiny "
+                       "Shakespeare, written to runs/cpu.\nFlags override the preset's fields.",
+                       epilog=f"presets:\n{preset_lines}\n\nexamples:\n  tinygrad-gpt train\n"
+                       "  tinygrad-gpt train --preset small --out runs/small\n"
+                       "  tinygrad-gpt train --data data/hugo_contemplations.txt --out runs/hugo --max-iters 500\n"
+                       "  tinygrad-gpt train --out runs/cpu --resume --max-iters 2000")
+    t.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help=f"named settings, listed below [{DEFAULT_PRESET}]")
+    t.add_argument("--data", metavar="FILE", help="UTF-8 text corpus (default: the packaged tiny Shakespeare)")
+    t.add_argument("--out", metavar="DIR", help="run directory for checkpoints, log, plot (default: runs/PRESET)")
+    t.add_argument("--device", choices=["cpu", "cuda"], help="cpu (NumPy) or cuda (CuPy) [cpu]")
+    t.add_argument("--seed", type=_int, help="seed of the initialisation, batches and dropout [1337]")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--force", action="store_true", help="start over in an --out that holds a run (deletes it)")
+    t.add_argument("--stop-at", type=_int, metavar="STEP",
+                   help="stop (saving a checkpoint) after this step, keeping the schedule; continue with --resume")
+    m = t.add_argument_group("model (preset values unless given)")
+    m.add_argument("--batch-size", type=_int)
+    m.add_argument("--block-size", type=_int, help="context length T")
+    m.add_argument("--n-embd", type=_int)
+    m.add_argument("--n-head", type=_int)
+    m.add_argument("--n-layer", type=_int)
+    m.add_argument("--dropout", type=float)
+    m.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="biases in Linear and LayerNorm layers [on]")
+    m.add_argument("--activation", choices=["relu", "gelu"], help="MLP activation [relu]")
+    o = t.add_argument_group("optimisation (preset values unless given)")
+    o.add_argument("--max-iters", type=_int, help="optimizer steps in the whole run")
+    o.add_argument("--lr", type=float, help="peak learning rate")
+    o.add_argument("--lr-schedule", choices=["constant", "cosine"], help="after the warmup")
+    o.add_argument("--warmup-iters", type=_int, help="linear warmup steps")
+    o.add_argument("--min-lr", type=float, help="where the cosine ends [lr / 10]")
+    o.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay, on every parameter [0.01]")
+    o.add_argument("--beta1", type=float, help="[0.9]")
+    o.add_argument("--beta2", type=float, help="[0.999]")
+    o.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this; 0: off")
+    e = t.add_argument_group("evaluation and output")
+    e.add_argument("--eval-interval", type=_int, help="steps between evaluations (and checkpoints)")
+    e.add_argument("--eval-iters", type=_int, help="fixed batches per split per evaluation [20]")
+    e.add_argument("--sample-chars", type=_int, help="characters sampled at the end; 0: none [500]")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar (evaluation lines only)")
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint, streamed as it comes",
+                       description="Generate text from a checkpoint, streamed character by character.",
+                       epilog='example: tinygrad-gpt sample --ckpt runs/cpu --prompt "ROMEO:" -n 500 '
+                       '--temperature 0.8 --top-k 40 --seed 1')
+    s.add_argument("--ckpt", default="runs/cpu", metavar="DIR",
+                   help="a run directory (uses its best checkpoint) or a checkpoint directory [runs/cpu]")
+    s.add_argument("--prompt", default="", help="text to continue (default: a newline, not printed)")
+    s.add_argument("-n", "--num-chars", type=_int, default=500, help="characters to generate [500]")
+    s.add_argument("--temperature", type=float, default=1.0, help="sharpness of the sampling; 0: greedy [1.0]")
+    s.add_argument("--top-k", type=_int, default=None, help="sample among the k likeliest characters [all]")
+    s.add_argument("--seed", type=_int, default=None, help="seed of the sampling [a fresh one each time]")
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="[cpu]")
+    s.add_argument("--no-cache", action="store_true",
+                   help="recompute the whole context for each character instead of using the key/value cache")
+    return p
+
+
+TRAIN_FIELDS = ("data", "out", "device", "seed", "batch_size", "block_size", "n_embd", "n_head", "n_layer",
+                "dropout", "bias", "activation", "max_iters", "lr", "lr_schedule", "warmup_iters", "min_lr",
+                "weight_decay", "beta1", "beta2", "grad_clip", "eval_interval", "eval_iters", "sample_chars")
+
+
+def _train(args):
+    from .train import train
+    overrides = {k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k) is not None}
+    result = train(preset=args.preset, resume=args.resume, force=args.force, stop_at=args.stop_at,
+                   progress=not args.no_progress, **overrides)
+    return EXIT_INTERRUPTED if result.status == "interrupted" else 0
+
+
+def _sample(args):
+    from .sample import main_stream, sample
+    sample(args.ckpt, prompt=args.prompt, num_chars=args.num_chars, temperature=args.temperature,
+           top_k=args.top_k, seed=args.seed, device=args.device, use_cache=not args.no_cache, stream=main_stream())
+    return 0
+
+
+def _error(message, code):
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def main(argv=None):
+    """Run the command line with `argv` (default: sys.argv[1:]); returns the exit status."""
+    from .backend import DeviceError
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .sample import SampleError
+    from .train import ConfigError, SaveFailed, TrainingDiverged
+    try:
+        args = build_parser().parse_args(argv)
+        return _train(args) if args.command == "train" else _sample(args)
+    except _UsageError as e:
+        return _error(e, EXIT_USAGE)
+    except SystemExit as e:                # --help
+        return e.code if isinstance(e.code, int) else 0
+    except (ConfigError, DataError, CheckpointError, DeviceError, SampleError) as e:
+        return _error(e, EXIT_USAGE)
+    except (TrainingDiverged, SaveFailed) as e:
+        return _error(e, EXIT_FAILED)
+    except BrokenPipeError:                # `tinygrad-gpt sample | head`: the reader left; not an error
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+    except KeyboardInterrupt:
+        return _error("interrupted", EXIT_INTERRUPTED)
+    except OSError as e:                   # e.g. the disk filled up while saving
+        return _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}", EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Sampling text from a checkpoint, streamed character by character as it is generated.
+
+Generation runs the model in eval mode with its key/value cache (each new character costs one position's forward
+pass); `use_cache=False` recomputes the whole context each time and gives the same characters for the same seed.
+"""
+import math
+import sys
+
+from . import checkpoint as ckpt_io
+from .backend import get_device
+from .data import DataError, default_prompt, describe_chars
+
+DEFAULT_RUN = "runs/cpu"      # where `tinygrad-gpt train` with no arguments writes
+
+
+class SampleError(ValueError):
+    """Impossible sampling settings; the message is one line meant for the user."""
+
+
+def load_model(ckpt_path=DEFAULT_RUN, device="cpu"):
+    """(model in eval mode, tokenizer, checkpoint) from a run directory (its best checkpoint) or a checkpoint dir."""
+    device = get_device(device)
+    ckpt = ckpt_io.load(ckpt_io.resolve(ckpt_path), with_optimizer=False)
+    model = ckpt.build_model(device)
+    model.eval()
+    return model, ckpt.tokenizer, ckpt
+
+
+def sample(ckpt=DEFAULT_RUN, prompt=None, num_chars=500, temperature=1.0, top_k=None, seed=None, device="cpu",
+           use_cache=True, stream=None):
+    """Generate `num_chars` characters after `prompt` (None or "": a newline, not printed). Writes the prompt and then
+    each character to `stream` as it comes (None: write nothing). Returns the prompt plus the generated text.
+    Raises DataError for prompt characters outside the vocabulary, SampleError for impossible settings,
+    CheckpointError for an unusable checkpoint."""
+    if not isinstance(num_chars, int) or num_chars < 0:
+        raise SampleError(f"the number of characters must be >= 0, got {num_chars!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise SampleError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise SampleError(f"top_k must be a positive integer, got {top_k!r}")
+    if seed is not None and (not isinstance(seed, int) or seed < 0):
+        raise SampleError(f"seed must be a non-negative integer, got {seed!r}")
+    model, tok, ck = load_model(ckpt, device)
+    shown = prompt or ""
+    if prompt:
+        bad = tok.unknown(prompt)
+        if bad:
+            raise DataError(f"the prompt has {len(bad)} character(s) outside the vocabulary of {ck.path}: "
+                            f"{describe_chars(bad)}")
+    context = tok.encode(prompt or default_prompt(tok))[None, :]    # (1, t)
+    pieces = [shown]
+    if stream is not None and shown:
+        stream.write(shown)
+        stream.flush()
+    for nxt in model.generate_iter(context, num_chars, temperature=temperature, top_k=top_k, seed=seed,
+                                   use_cache=use_cache):
+        ch = tok.chars[int(nxt[0])]
+        pieces.append(ch)
+        if stream is not None:
+            stream.write(ch)
+            stream.flush()
+    if stream is not None:
+        stream.write("\n")
+        stream.flush()
+    return "".join(pieces)
+
+
+def main_stream():
+    """stdout, made safe for any character (a terminal that cannot show one gets an escape, not a crash)."""
+    out = sys.stdout
+    if hasattr(out, "reconfigure") and (out.encoding or "").lower().replace("-", "") != "utf8":
+        try:
+            out.reconfigure(errors="backslashreplace")
+        except (ValueError, OSError):
+            pass
+    return out
