@@ -35,7 +35,7 @@ def build_parser():
     from .train import DEFAULT_PRESET, PRESETS
     p = _Parser(prog="tinygrad-gpt", description="Train and sample the char-level GPT of \"Let's build GPT\" "
                 "on a NumPy autograd engine (no torch).")
-    sub = p.add_subparsers(dest="command", metavar="{train,sample}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{train,sample,bench}", parser_class=_Parser)
     sub.required = True
 
     preset_lines = "\n".join(f"  {name:8} " + " ".join(f"{k}={v}" for k, v in cfg.items())
@@ -84,6 +84,8 @@ def build_parser():
     e.add_argument("--sample-chars", type=_int, help="characters sampled at the end; 0: none [500]")
     e.add_argument("--no-progress", action="store_true", help="no progress bar (evaluation lines only)")
 
+    sub.add_parser("bench", help="time this engine (step, layers, sampling, MFU); see `tinygrad-gpt bench --help`",
+                   add_help=False)
     s = sub.add_parser("sample", help="generate text from a checkpoint, streamed as it comes",
                        description="Generate text from a checkpoint, streamed character by character.",
                        epilog='example: tinygrad-gpt sample --ckpt runs/cpu --prompt "ROMEO:" -n 500 '
@@ -133,6 +135,10 @@ def main(argv=None):
     from .data import DataError
     from .sample import SampleError
     from .train import ConfigError, SaveFailed, TrainingDiverged
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:              # the benchmark has its own options (tinygrad_gpt/bench.py)
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         return _train(args) if args.command == "train" else _sample(args)
