@@ -1,0 +1,238 @@
+"""Shared pieces of the model-level tests (test_layers, test_optim, test_trajectory, test_exchange).
+
+- `make_pair` builds a tinygrad_gpt GPT and the torch reference GPT (reference/model.py) holding the SAME weights,
+  bit for bit, in float64 or float32.
+- `compare` is the comparison helper (STYLE item 7): one callable per engine, the same input arrays, the forward
+  outputs compared, then the gradients of (out * dout).sum() for a random `dout`, for the inputs and for every
+  parameter, matched by name. It returns every error, so a test asserts one tolerance over all of them.
+- The float32 tolerance model (`f32_tol`) is derived in its docstring.
+
+Error measure (helpers.rel_err): max|ours - torch| / max|torch| over an array (normwise).
+"""
+import atexit
+import os
+
+import numpy as np
+import torch
+
+import reference
+from helpers import rel_err
+from tinygrad_gpt import GPT, GPTConfig, Tensor
+
+U64 = float(np.finfo(np.float64).eps) / 2     # unit roundoff of float64, 1.1e-16
+U32 = float(np.finfo(np.float32).eps) / 2     # unit roundoff of float32, 6.0e-8
+
+# issue 3: float64 tolerances (both engines do the same O(10) roundings per output element on O(1) data, so the
+# expected disagreement is ~1e-14; any wrong formula is off by O(1))
+TOL64_FWD = 1e-10
+TOL64_GRAD = 1e-9
+
+# (layer, "float64"/"float32") -> [largest forward error, largest gradient error, largest error / tolerance]
+LAYER_ERRORS = {}
+
+
+def record(layer, dtype, errors, tol_fwd, tol_grad):
+    worst = LAYER_ERRORS.setdefault((layer, np.dtype(dtype).name), [0.0, 0.0, 0.0])
+    grads = [v for k, v in errors.items() if k != "forward"]
+    worst[0] = max(worst[0], errors["forward"])
+    worst[1] = max([worst[1]] + grads)
+    worst[2] = max([worst[2], errors["forward"] / tol_fwd] + [g / tol_grad for g in grads])
+
+
+def _print_layer_errors():
+    print("\nlargest errors per layer (PRINT_LAYER_ERRORS=1): layer, dtype, forward, gradient, error/tolerance")
+    for (layer, dtype), (f, g, r) in sorted(LAYER_ERRORS.items()):
+        print(f"  {layer:<24} {dtype:<8} {f:9.2e} {g:9.2e} {r:9.2e}")
+
+
+if os.environ.get("PRINT_LAYER_ERRORS"):
+    atexit.register(_print_layer_errors)
+
+
+KAPPA = 8
+
+
+def f32_tol(reduction, depth=1):
+    """Tolerance for rel_err(ours_float32, torch_float32) of one layer.
+
+    Derivation. A float32 result computed by either engine differs from the exact result of the same float32
+    inputs by the rounding errors of its steps (Higham, "Accuracy and Stability of Numerical Algorithms", 3.1):
+      - a reduction of length n (dot product, matmul, row sum) is within gamma_n * sum|terms|,
+        gamma_n = n u / (1 - n u) ~= n u, u = 2**-24 ~= 6e-8;
+      - an elementwise step (exp, sqrt, division, an activation) adds a relative u.
+    The two engines order their sums differently (NumPy/OpenBLAS vs torch/MKL), so the worst case is the SUM of
+    their bounds: a factor 2. Along a chain of steps from an input to an output the relative errors add: `reduction`
+    is the sum of all reduction lengths met on the layer's forward and backward passes (an upper bound for any one
+    chain; counted by the red_* functions below) and `depth` the number of elementwise steps, each one rounding.
+
+    The measure is normwise, max|err| / max|out|, while the bound is relative to sum|terms|. For the O(1) random
+    data used here that ratio, max(|A| |B|) / max|A B|, grows like sqrt(n): measured over 200 random matmul shapes
+    it has median 1.6 / 2.4 and maximum 5.2 / 6.7 for n = 16 / 64 (every reduction in these tests has n <= 72).
+    We allow KAPPA = 8 for it. So
+
+        tol = 2 * u32 * (reduction + depth) * KAPPA.
+
+    This is a worst-case (linear in n) bound; typical rounding errors grow like sqrt(n) u, so the measured errors
+    sit well below it (1/17 of it at most, measured), while a wrong formula is off by O(1), 100 to 1e5
+    times the bound at the sizes tested.
+    """
+    return 2 * U32 * (reduction + depth) * KAPPA
+
+
+# Reduction lengths per layer for f32_tol: the sum of the reduction lengths on the forward and backward passes.
+# Dimension names: B batch, t sequence length, C n_embd, H n_head, hs head size, V vocab, N = B * t rows.
+def red_linear(n_in, n_out, N):
+    return n_in + n_out + N                    # y: n_in;  dx: n_out;  dW, db: N rows
+
+
+def red_layer_norm(C, N):
+    return 4 * C + N                           # mean, var: C each;  dx: two row means, C each;  dw, db: N rows
+
+
+def red_attention_core(t, hs):
+    return 2 * hs + 5 * t                      # S = q k^T: hs; softmax sum, A V: t;  dA: hs; sum(dP P), dQ, dK, dV: t
+
+
+def red_attention(C, H, t, N):
+    return red_linear(C, 3 * C, N) + red_attention_core(t, C // H) + red_linear(C, C, N)
+
+
+def red_mlp(C, N):
+    return red_linear(C, 4 * C, N) + red_linear(4 * C, C, N)
+
+
+def red_block(C, H, t, N):
+    return 2 * red_layer_norm(C, N) + red_attention(C, H, t, N) + red_mlp(C, N)
+
+
+def red_cross_entropy(V, N):
+    return 2 * V + N                           # max and sum over V, mean over N (the backward is elementwise)
+
+
+def red_gpt(cfg, B, t):
+    C, H, V, N = cfg["n_embd"], cfg["n_head"], cfg["vocab_size"], B * t
+    return (N + B + cfg["n_layer"] * red_block(C, H, t, N) + red_layer_norm(C, N) + red_linear(C, V, N)
+            + red_cross_entropy(V, N))
+
+
+def gpt_depth(cfg):
+    return 30 * cfg["n_layer"] + 20
+
+
+def torch_dtype(dtype):
+    return {np.dtype(np.float64): torch.float64, np.dtype(np.float32): torch.float32}[np.dtype(dtype)]
+
+
+def randomize_params(model, seed=0):
+    """Non-trivial O(1) weights for comparison tests (the N(0, 0.02) init makes attention uniform and LayerNorm the
+    identity affine map): matrices N(0, 1/in_features), LayerNorm weights 1 + N(0, 0.25), other vectors N(0, 0.25)."""
+    rng = np.random.default_rng(seed)
+    for name, p in model.named_parameters():
+        if p.ndim == 2:
+            a = rng.standard_normal(p.shape) / np.sqrt(p.shape[1])
+        elif "ln" in name.split(".")[-2] and name.endswith("weight"):
+            a = 1.0 + 0.5 * rng.standard_normal(p.shape)
+        else:
+            a = 0.5 * rng.standard_normal(p.shape)
+        p.data[...] = a.astype(p.dtype)
+    return model
+
+
+def make_pair(cfg_kwargs, dtype=np.float64, seed=0, randomize=True):
+    """(ours, ref): tinygrad_gpt GPT and reference GPT with identical weights in `dtype`."""
+    cfg = GPTConfig(**cfg_kwargs)
+    ours = GPT(cfg, seed=seed, dtype=dtype)
+    if randomize:
+        randomize_params(ours, seed + 1)
+    sd = {k: np.array(p.data) for k, p in ours.named_parameters()}          # in `dtype`, not the float32 state_dict
+    ref = reference.from_numpy_state_dict(reference.as_config(cfg), sd, dtype=torch_dtype(dtype))
+    for k, v in ref.state_dict().items():
+        assert np.array_equal(v.numpy(), sd[k]), f"weights differ after loading {k} into the reference"
+    return ours, ref
+
+
+def named_params(module):
+    """{name: tensor} of a tinygrad_gpt module or a torch module."""
+    return dict(module.named_parameters())
+
+
+def compare(ours_fn, ref_fn, inputs, ours_params=None, ref_params=None, seed=0):
+    """Run ours_fn(*Tensors) and ref_fn(*torch tensors) on the same arrays (float inputs get gradients, integer
+    inputs are passed as they are); compare outputs, then the gradients of (out * dout).sum(), dout random, for
+    every float input and every parameter ({name: param} of each engine; names must match).
+
+    Returns {"forward": err, "grad input i": err, "grad <name>": err}. Parameter grads must be zeroed before.
+    """
+    ours_params, ref_params = ours_params or {}, ref_params or {}
+    assert sorted(ours_params) == sorted(ref_params), \
+        f"parameter names differ: ours {sorted(ours_params)}, reference {sorted(ref_params)}"
+    ours_in, ref_in = [], []
+    for x in inputs:
+        x = np.asarray(x)
+        grad = x.dtype.kind == "f"
+        ours_in.append(Tensor(x.copy(), requires_grad=True) if grad else x.copy())
+        ref_in.append(torch.tensor(x, requires_grad=grad))
+    out, ref_out = ours_fn(*ours_in), ref_fn(*ref_in)
+    assert out.dtype == ref_out.detach().numpy().dtype, f"output dtype {out.dtype}, reference {ref_out.dtype}"
+    errors = {"forward": rel_err(out.numpy(), ref_out.detach().numpy())}
+
+    # its own stream: drawn from the inputs' seed, dout would be proportional to the input (LayerNorm then cancels)
+    dout = np.random.default_rng((seed, 0xD0)).standard_normal(ref_out.shape).astype(out.dtype)
+    (out * Tensor(dout)).sum().backward()
+    (ref_out * torch.from_numpy(dout)).sum().backward()
+    for i, (o, r) in enumerate(zip(ours_in, ref_in)):
+        if isinstance(o, Tensor):
+            errors[f"grad input {i}"] = _grad_err(o.grad, r.grad, f"input {i}")
+    for name, p in ours_params.items():
+        errors[f"grad {name}"] = _grad_err(p.grad, ref_params[name].grad, name)
+    return errors
+
+
+def _grad_err(ours, ref, what):
+    ref = None if ref is None else ref.numpy()
+    if ref is None or ours is None:
+        assert ours is None or not np.any(ours), f"grad of {what}: torch has none, ours is nonzero"
+        assert ref is None or not np.any(ref), f"grad of {what}: ours is None, torch's is nonzero"
+        return 0.0
+    return rel_err(ours, ref)
+
+
+def assert_errors(errors, tol_fwd, tol_grad, what=""):
+    """One assertion over a dict of errors from `compare`; the message names the worst entries."""
+    bad = {k: v for k, v in errors.items() if v > (tol_fwd if k == "forward" else tol_grad)}
+    assert not bad, f"{what}: errors above tolerance (fwd {tol_fwd:.3g}, grad {tol_grad:.3g}): " + ", ".join(
+        f"{k}={v:.3g}" for k, v in sorted(bad.items(), key=lambda kv: -kv[1]))
+
+
+class RecordingMasks:
+    """A dropout mask source (shape -> bool keep-mask) drawing from a seeded generator and remembering the masks."""
+
+    def __init__(self, p, seed=0):
+        self.p, self.rng, self.masks = p, np.random.default_rng(seed), []
+
+    def __call__(self, shape):
+        m = self.rng.random(shape) >= self.p
+        self.masks.append(m)
+        return m
+
+
+class ReplayMasks:
+    """A mask source handing out given masks in order (and checking the shapes asked for)."""
+
+    def __init__(self, masks):
+        self.masks, self.i = list(masks), 0
+
+    def __call__(self, shape):
+        m = self.masks[self.i]
+        assert m.shape == tuple(shape), f"dropout call {self.i}: asked for shape {tuple(shape)}, recorded {m.shape}"
+        self.i += 1
+        return m
+
+
+def shakespeare():
+    """(token ids int64, vocab size) of data/tinyshakespeare.txt with the sorted-set character vocabulary."""
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    return np.fromiter((stoi[c] for c in text), dtype=np.int64, count=len(text)), len(chars)
