@@ -258,35 +258,48 @@ def test_greedy_generation_equals_the_reference(cfg, seed, data):
     np.testing.assert_array_equal(ours.generate(prompt, n, temperature=0, use_cache=False), out)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG?: past block_size GPT.generate drops the oldest quarter of the context "
-                   "and re-reads the rest (positions restart), so the model then sees 3T/4..T tokens; the issue says "
-                   "'context cropped to block_size' and the lecture/reference read the last T tokens every step")
-def test_greedy_generation_past_block_size_equals_the_reference():
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_greedy_generation_past_block_size_equals_the_reference(use_cache):
+    """The default window rule ("slide") is the lecture's: the context is always the last block_size tokens."""
     cfg = dict(vocab_size=11, block_size=8, n_embd=12, n_head=3, n_layer=2)
     ours, ref = gen_pair(cfg, 0)
     prompt = np.random.default_rng(0).integers(0, 11, (3, 4))
-    np.testing.assert_array_equal(ours.generate(prompt, 30, temperature=0, use_cache=False),
+    np.testing.assert_array_equal(ours.generate(prompt, 30, temperature=0, use_cache=use_cache),
                                   ref.generate(prompt, 30, temperature=0))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with block_size 1, generate_iter's keep_after_full = T - max(1, T // 4) "
-                   "is 0 and ctx[:, -0:] keeps the whole context: use_cache=True raises 'could not broadcast input "
-                   "array from shape (B,H,2,hs) into shape (B,H,1,hs)', use_cache=False raises 'sequence length 2 "
-                   "exceeds block_size 1' (expected: each step reads the last token, as the reference does)")
+@pytest.mark.parametrize("window", ["slide", "shift"])
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_generation_with_block_size_1_equals_the_reference(use_cache):
+def test_generation_with_block_size_1_equals_the_reference(use_cache, window):
+    """block_size 1: each step reads the last token only (both window rules keep at least one token)."""
     cfg = dict(vocab_size=7, block_size=1, n_embd=4, n_head=2, n_layer=1)
     ours, ref = gen_pair(cfg, 0)
     prompt = np.array([[3], [5]])
-    np.testing.assert_array_equal(ours.generate(prompt, 6, temperature=0, use_cache=use_cache),
+    np.testing.assert_array_equal(ours.generate(prompt, 6, temperature=0, use_cache=use_cache, window=window),
                                   ref.generate(prompt, 6, temperature=0))
 
 
+def test_shift_window_keeps_three_quarters():
+    """window="shift": when the context overflows, the model re-reads the last T - T//4 tokens from position 0.
+    Checked against the reference run on exactly those contexts."""
+    cfg = dict(vocab_size=11, block_size=8, n_embd=12, n_head=3, n_layer=2)
+    ours, ref = gen_pair(cfg, 1)
+    prompt = np.random.default_rng(1).integers(0, 11, (2, 5))
+    out = ours.generate(prompt, 20, temperature=0, window="shift")
+    ctx = prompt
+    for i in range(20):
+        if ctx.shape[1] > 8:
+            ctx = ctx[:, -6:]
+        nxt = ref.generate(ctx, 1, temperature=0)[:, -1:]
+        np.testing.assert_array_equal(nxt[:, 0], out[:, 5 + i], err_msg=f"token {i}")
+        ctx = np.concatenate([ctx, nxt], axis=1)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@given(cfg=configs().filter(lambda c: c["block_size"] >= 2),        # block_size 1: the xfail test above
+@given(cfg=configs(), window=st.sampled_from(["slide", "shift"]),
        seed=st.integers(0, 2 ** 16), temperature=st.sampled_from([0, 0.7, 1.0, 2.0]),
        top_k=st.sampled_from([None, 1, 3]), data=st.data())
-def test_kv_cache_generation_equals_recomputation(dtype, cfg, seed, temperature, top_k, data):
+def test_kv_cache_generation_equals_recomputation(dtype, cfg, window, seed, temperature, top_k, data):
     """use_cache=True and use_cache=False give the same tokens for the same seed, also well past block_size (the
     window is refilled several times). Sampling draws one uniform per row, so equal logits give equal tokens; the
     cached and full forward passes differ by rounding only, which flips a draw with probability ~1e-7 (float32)."""
@@ -295,9 +308,9 @@ def test_kv_cache_generation_equals_recomputation(dtype, cfg, seed, temperature,
     t0 = data.draw(st.integers(1, T))
     prompt = np.random.default_rng(seed).integers(0, cfg["vocab_size"], (2, t0))
     n = 3 * T + 2
-    cached = model.generate(prompt, n, temperature=temperature, top_k=top_k, seed=seed)
+    cached = model.generate(prompt, n, temperature=temperature, top_k=top_k, seed=seed, window=window)
     assert cached.shape == (2, t0 + n)
     np.testing.assert_array_equal(cached[:, :t0], prompt)
-    full = model.generate(prompt, n, temperature=temperature, top_k=top_k, seed=seed, use_cache=False)
+    full = model.generate(prompt, n, temperature=temperature, top_k=top_k, seed=seed, use_cache=False, window=window)
     np.testing.assert_array_equal(cached, full)
     assert model.training, "generate must restore training mode"

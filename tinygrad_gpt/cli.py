@@ -4,10 +4,15 @@ Bad input (a missing or unusable corpus, an impossible config, an output directo
 checkpoint, a prompt outside the vocabulary, an unavailable device) prints one line, "error: ...", on stderr and
 exits with status 2, with no traceback and nothing written. A run that diverges or cannot save exits with 1
 (its last good checkpoint intact), Ctrl-C with 130 (after saving).
+
+Data-parallel (`mpiexec -n N tinygrad-gpt train ...`): rank 0 prints; an error every rank meets together (bad input,
+divergence) is printed once and every rank exits with its status; an error on one rank alone is printed with the
+rank's number and ends the whole job (MPI_Abort), so no rank waits forever for the others.
 """
 import argparse
 import os
 import sys
+import traceback
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -47,7 +52,8 @@ def build_parser():
                        epilog=f"presets:\n{preset_lines}\n\nexamples:\n  tinygrad-gpt train\n"
                        "  tinygrad-gpt train --preset small --out runs/small\n"
                        "  tinygrad-gpt train --data data/hugo_contemplations.txt --out runs/hugo --max-iters 500\n"
-                       "  tinygrad-gpt train --out runs/cpu --resume --max-iters 2000")
+                       "  tinygrad-gpt train --out runs/cpu --resume --max-iters 2000\n"
+                       "  mpiexec -n 2 tinygrad-gpt train --batch-size 32    # data-parallel, 16 rows per rank")
     t.add_argument("--preset", choices=list(PRESETS), default=None,
                    help=f"named settings, listed below [{DEFAULT_PRESET}]")
     t.add_argument("--data", metavar="FILE", help="UTF-8 text corpus (default: the packaged tiny Shakespeare)")
@@ -83,6 +89,11 @@ def build_parser():
     e.add_argument("--eval-iters", type=_int, help="fixed batches per split per evaluation [20]")
     e.add_argument("--sample-chars", type=_int, help="characters sampled at the end; 0: none [500]")
     e.add_argument("--no-progress", action="store_true", help="no progress bar (evaluation lines only)")
+    d = t.add_argument_group("data-parallel (automatic under mpiexec with several processes; needs mpi4py)")
+    d.add_argument("--ddp", action="store_true",
+                   help="run data-parallel even when not detected from the MPI environment")
+    d.add_argument("--check-sync", type=_int, default=0, metavar="K",
+                   help="every K steps verify that all ranks hold bitwise the same parameters (debugging) [off]")
 
     sub.add_parser("bench", help="time this engine (step, layers, sampling, MFU); see `tinygrad-gpt bench --help`",
                    add_help=False)
@@ -100,6 +111,10 @@ def build_parser():
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="[cpu]")
     s.add_argument("--no-cache", action="store_true",
                    help="recompute the whole context for each character instead of using the key/value cache")
+    s.add_argument("--window", choices=["slide", "shift"], default="slide",
+                   help="past block_size: 'slide' reads the last block_size characters (the lecture's rule; the "
+                   "cache then rebuilds each step), 'shift' drops the oldest quarter once the context is full "
+                   "(the cache keeps paying off) [slide]")
     return p
 
 
@@ -111,20 +126,32 @@ TRAIN_FIELDS = ("data", "out", "device", "seed", "batch_size", "block_size", "n_
 def _train(args):
     from .train import train
     overrides = {k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k) is not None}
+    if args.check_sync < 0:
+        raise _UsageError(f"--check-sync must be >= 0, got {args.check_sync}")
     result = train(preset=args.preset, resume=args.resume, force=args.force, stop_at=args.stop_at,
-                   progress=not args.no_progress, **overrides)
+                   progress=not args.no_progress, ddp=True if args.ddp else None, check_sync=args.check_sync,
+                   **overrides)
     return EXIT_INTERRUPTED if result.status == "interrupted" else 0
 
 
 def _sample(args):
     from .sample import main_stream, sample
     sample(args.ckpt, prompt=args.prompt, num_chars=args.num_chars, temperature=args.temperature,
-           top_k=args.top_k, seed=args.seed, device=args.device, use_cache=not args.no_cache, stream=main_stream())
+           top_k=args.top_k, seed=args.seed, device=args.device, use_cache=not args.no_cache, stream=main_stream(), window=args.window)
     return 0
 
 
-def _error(message, code):
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+def _error(message, code, exc=None):
+    """Print the one-line error and return the exit status. Data-parallel: an error of this rank alone (not
+    marked all_ranks) ends the whole job; one that every rank met is printed by rank 0 only."""
+    from . import distributed
+    text = " ".join(str(message).split())
+    dist = distributed.active()
+    if dist is not None and dist.size > 1 and not getattr(exc if exc is not None else message, "all_ranks", False):
+        dist.abort(f"error: rank {dist.rank} of {dist.size}: {text} (ending the job)", code)
+    if distributed.this_rank() not in (None, 0):
+        return code
+    print(f"error: {text}", file=sys.stderr)
     return code
 
 
@@ -134,6 +161,7 @@ def main(argv=None):
     from .checkpoint import CheckpointError
     from .data import DataError
     from .sample import SampleError
+    from .distributed import DistributedError
     from .train import ConfigError, SaveFailed, TrainingDiverged
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:              # the benchmark has its own options (tinygrad_gpt/bench.py)
@@ -146,7 +174,7 @@ def main(argv=None):
         return _error(e, EXIT_USAGE)
     except SystemExit as e:                # --help
         return e.code if isinstance(e.code, int) else 0
-    except (ConfigError, DataError, CheckpointError, DeviceError, SampleError) as e:
+    except (ConfigError, DataError, CheckpointError, DeviceError, SampleError, DistributedError) as e:
         return _error(e, EXIT_USAGE)
     except (TrainingDiverged, SaveFailed) as e:
         return _error(e, EXIT_FAILED)
@@ -160,7 +188,14 @@ def main(argv=None):
     except KeyboardInterrupt:
         return _error("interrupted", EXIT_INTERRUPTED)
     except OSError as e:                   # e.g. the disk filled up while saving
-        return _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}", EXIT_FAILED)
+        return _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}", EXIT_FAILED, e)
+    except Exception as e:                 # a bug. Data-parallel, the job must not hang on it: traceback, abort
+        from . import distributed
+        if distributed.active() is None:
+            raise
+        if not getattr(e, "all_ranks", False):
+            traceback.print_exc()          # this rank alone: where it failed, then the job ends
+        return _error(e, EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from . import functional as F
-from .backend import get_device, to_host
+from .backend import device_of, get_device, to_host
 from .nn import Dropout, Embedding, LayerNorm, Linear, Module
 from .tensor import Tensor, no_grad
 
@@ -97,6 +97,7 @@ class GPT(Module):
         self.lm_head = Linear(c, cfg.vocab_size, bias=cfg.bias, rng=init, dtype=dtype, device=device)
         # dropout masks come from this generator, seeded from the model seed (its state goes into checkpoints)
         self.rng = np.random.default_rng([seed, 1])
+        self._device_rng = None                                    # on cuda: a CuPy generator, seeded from self.rng
         self.set_mask_source(None)
 
     @property
@@ -114,12 +115,26 @@ class GPT(Module):
         """fn(shape) -> bool keep-mask, called once per dropout site in forward order; None: this model's rng."""
         if fn is None:
             def fn(shape):
-                return self.rng.random(shape, dtype=np.float32) >= self.config.dropout
+                xp = self.device.xp
+                if xp is np:
+                    return self.rng.random(shape, dtype=np.float32) >= self.config.dropout
+                # on the GPU the mask is drawn there (no host-to-device copy per step), by a generator seeded once
+                # from this model's rng (so from its seed, or from a checkpoint's rng state on resume)
+                if self._device_rng is None:
+                    self._device_rng = xp.random.default_rng(int(self.rng.integers(2 ** 63)))
+                return self._device_rng.random(shape, dtype=np.float32) >= np.float32(self.config.dropout)
         for d in self.dropouts():
             d.source = fn
 
     def _check_idx(self, idx):
-        idx = np.asarray(to_host(idx.data if isinstance(idx, Tensor) else idx))
+        data = idx.data if isinstance(idx, Tensor) else idx
+        if self.device.xp is not np and device_of(data) == self.device:
+            # already on the GPU (batches built there): shape and dtype are checked, the id range is not, as that
+            # would read the batch back to the host (a synchronisation in every training step)
+            if data.ndim != 2 or data.dtype.kind not in "iu" or data.shape[1] > self.config.block_size:
+                self._check_idx(np.zeros(data.shape, data.dtype))  # raises the error the host check gives
+            return data
+        idx = np.asarray(to_host(data))
         if idx.ndim != 2 or idx.dtype.kind not in "iu":
             raise ValueError(f"idx must be an integer array of shape (B, t), got {idx.dtype} {idx.shape}")
         if idx.shape[1] > self.config.block_size:
@@ -164,32 +179,39 @@ class GPT(Module):
         x, _ = F.layer_norm_forward(x[:, -1], self.ln_f.weight.data, _data(self.ln_f.bias), self.ln_f.eps)
         return x @ self.lm_head.weight.data.T + _zero_if_none(self.lm_head.bias)   # (B, V)
 
-    def generate_iter(self, idx, max_new_tokens, temperature=1.0, top_k=None, seed=None, use_cache=True):
+    def generate_iter(self, idx, max_new_tokens, temperature=1.0, top_k=None, seed=None, use_cache=True,
+                      window="slide"):
         """Yield each new token (B,) of autoregressive sampling. Runs in eval mode under no_grad.
 
-        Context window: the model sees at most block_size tokens. When the context is full, the oldest quarter is
-        dropped and the rest re-read from scratch (positions restart at 0), then decoding continues. With
-        use_cache=True the keys and values of the context are kept, so each new token costs one position's forward
-        pass; with use_cache=False the whole context is recomputed for every token. Both follow the same window
-        rule and the same random draws, so they produce the same tokens.
+        The model sees at most block_size tokens. window="slide" (the lecture's rule): the context is always the
+        last block_size tokens. Once the context is full every position shifts at each new token, so the cache
+        must be rebuilt from the whole window for every token: the key/value cache speeds up only the tokens
+        before that. window="shift": when the context is full the oldest quarter is dropped and the rest re-read
+        once (positions restart at 0), so the cache keeps paying off on long generations, at the price of a
+        context that varies between 3/4 and all of block_size.
+        With use_cache=True each new token costs one position's forward pass (while the window allows); with
+        use_cache=False the whole context is recomputed for every token. Both follow the same window rule and
+        the same random draws, so they produce the same tokens.
         """
+        if window not in ("slide", "shift"):
+            raise ValueError(f"window must be 'slide' or 'shift', got {window!r}")
         cfg = self.config
         was_training = self.training
         self.eval()
         rng = np.random.default_rng(seed)
         xp = self.device.xp
-        tokens = np.asarray(to_host(idx), dtype=np.int64)[:, -cfg.block_size:]   # (B, t)
+        tokens = np.asarray(to_host(idx), dtype=np.int64)
         if tokens.ndim != 2 or tokens.shape[1] == 0:
             raise ValueError(f"generate needs a (B, t) context with t >= 1, got shape {tokens.shape}")
-        self._check_idx(tokens)
-        keep_after_full = cfg.block_size - max(1, cfg.block_size // 4)
-        ctx = tokens                                               # (B, n): what the model attends to now
+        self._check_idx(tokens[:, -cfg.block_size:])
+        keep = cfg.block_size if window == "slide" else max(1, cfg.block_size - max(1, cfg.block_size // 4))
+        ctx = tokens[:, -cfg.block_size:]                          # (B, n): what the model attends to now
         cache, filled = None, 0
         try:
             with no_grad():
                 for _ in range(max_new_tokens):
                     if ctx.shape[1] > cfg.block_size:              # window full: keep the most recent tokens
-                        ctx = ctx[:, -keep_after_full:]
+                        ctx = ctx[:, -keep:]
                         cache, filled = None, 0
                     if use_cache:
                         if cache is None:
@@ -205,10 +227,11 @@ class GPT(Module):
         finally:
             self.train(was_training)
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, seed=None, use_cache=True):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, seed=None, use_cache=True,
+                 window="slide"):
         """(B, t) integer context -> (B, t + max_new_tokens) with the sampled continuation appended."""
         idx = np.asarray(to_host(idx.data if isinstance(idx, Tensor) else idx), dtype=np.int64)
-        new = list(self.generate_iter(idx, max_new_tokens, temperature, top_k, seed, use_cache))
+        new = list(self.generate_iter(idx, max_new_tokens, temperature, top_k, seed, use_cache, window))
         if not new:
             return idx
         return np.concatenate([idx, np.stack(new, axis=1)], axis=1)

@@ -27,7 +27,7 @@ def load_model(ckpt_path=DEFAULT_RUN, device="cpu"):
 
 
 def sample(ckpt=DEFAULT_RUN, prompt=None, num_chars=500, temperature=1.0, top_k=None, seed=None, device="cpu",
-           use_cache=True, stream=None):
+           use_cache=True, stream=None, window="slide"):
     """Generate `num_chars` characters after `prompt` (None or "": a newline, not printed). Writes the prompt and then
     each character to `stream` as it comes (None: write nothing). Returns the prompt plus the generated text.
     Raises DataError for prompt characters outside the vocabulary, SampleError for impossible settings,
@@ -38,6 +38,8 @@ def sample(ckpt=DEFAULT_RUN, prompt=None, num_chars=500, temperature=1.0, top_k=
         raise SampleError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise SampleError(f"top_k must be a positive integer, got {top_k!r}")
+    if window not in ("slide", "shift"):
+        raise SampleError(f"window must be 'slide' or 'shift', got {window!r}")
     if seed is not None and (not isinstance(seed, int) or seed < 0):
         raise SampleError(f"seed must be a non-negative integer, got {seed!r}")
     model, tok, ck = load_model(ckpt, device)
@@ -53,7 +55,7 @@ def sample(ckpt=DEFAULT_RUN, prompt=None, num_chars=500, temperature=1.0, top_k=
         stream.write(shown)
         stream.flush()
     for nxt in model.generate_iter(context, num_chars, temperature=temperature, top_k=top_k, seed=seed,
-                                   use_cache=use_cache):
+                                   use_cache=use_cache, window=window):
         ch = tok.chars[int(nxt[0])]
         pieces.append(ch)
         if stream is not None:
