@@ -163,18 +163,25 @@ def load_corpus(path=None, block_size=None, tokenizer=None):
 
 class BatchSampler:
     """Random (inputs, targets) int64 batches of shape (B, T) from one split, drawn from a seeded Generator
-    whose state can be saved and restored (exact resume)."""
+    whose state can be saved and restored (exact resume).
 
-    def __init__(self, ids, block_size, batch_size, seed=0):
+    rows: a slice of each batch to return instead of all B rows. Data-parallel rank r of N passes
+    slice(r * B // N, (r + 1) * B // N): every rank draws the same B window starts (B integers, the same random
+    stream as one process), then keeps its own rows, so the ranks' parts are disjoint and together are exactly the
+    batch one process would train on."""
+
+    def __init__(self, ids, block_size, batch_size, seed=0, rows=None):
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) < block_size + 1:
             raise DataError(f"{len(ids)} tokens cannot hold a window of block_size + 1 = {block_size + 1}")
-        self.block_size, self.batch_size = block_size, batch_size
+        self.block_size, self.batch_size, self.rows = block_size, batch_size, rows
         self.windows = np.lib.stride_tricks.sliding_window_view(ids, block_size + 1)   # (N - T, T + 1), a view
         self.rng = np.random.default_rng(seed)
 
     def sample(self):
         ix = self.rng.integers(0, len(self.windows), size=self.batch_size)            # (B,) window starts
+        if self.rows is not None:
+            ix = ix[self.rows]                                                        # (B / N,) this rank's rows
         w = self.windows[ix]                                                          # (B, T + 1), a copy
         return np.ascontiguousarray(w[:, :-1]), np.ascontiguousarray(w[:, 1:])       # (B, T), (B, T)
 
@@ -188,8 +195,9 @@ class BatchSampler:
         self.rng.bit_generator.state = value
 
 
-def fixed_batches(ids, block_size, batch_size, n_batches, seed):
+def fixed_batches(ids, block_size, batch_size, n_batches, seed, rows=None):
     """n_batches batches drawn once from their own generator: the same every evaluation, so successive
-    evaluations compare like with like, and the training sampler's random stream is left alone."""
-    sampler = BatchSampler(ids, block_size, batch_size, seed)
+    evaluations compare like with like, and the training sampler's random stream is left alone.
+    rows: as BatchSampler's (a data-parallel rank's part of each batch)."""
+    sampler = BatchSampler(ids, block_size, batch_size, seed, rows=rows)
     return [sampler.sample() for _ in range(n_batches)]

@@ -10,6 +10,7 @@ V vocabulary, Tk keys (t, or cache length when decoding).
 """
 import numpy as np
 
+from . import kernels  # numba.cuda twins of the *_forward/*_backward below, for CuPy arrays (loaded on first use)
 from .tensor import Tensor
 
 
@@ -82,6 +83,8 @@ def embedding(idx, tok_emb, pos_emb):
 def layer_norm_forward(x, w, b, eps=1e-5):
     """x (..., C) -> y = (x - mean) / sqrt(var + eps) * w + b, biased variance."""
     xp = _xp(x)
+    if xp is not np and kernels.enabled():
+        return kernels.layer_norm_forward(x, w, b, eps)
     mu = x.mean(axis=-1, keepdims=True)                            # (..., 1)
     xc = x - mu                                                    # (..., C)
     var = (xc * xc).mean(axis=-1, keepdims=True)                   # (..., 1) biased
@@ -95,6 +98,8 @@ def layer_norm_forward(x, w, b, eps=1e-5):
 
 
 def layer_norm_backward(g, cache):
+    if _xp(g) is not np and kernels.enabled():
+        return kernels.layer_norm_backward(g, cache)
     xhat, rstd, w = cache
     c = xhat.shape[-1]
     lead = tuple(range(g.ndim - 1))
@@ -144,6 +149,8 @@ def attention_forward(q, k, v, keep=None, p=0.0):
     """Scaled masked softmax attention. q (B, H, t, hs); k, v (B, H, Tk, hs) with Tk >= t (queries are the last t
     positions). keep: optional dropout keep-mask (B, H, t, Tk). Returns y (B, H, t, hs) and the backward cache."""
     xp = _xp(q)
+    if xp is not np and kernels.enabled():
+        return kernels.attention_forward(q, k, v, keep, p)
     t, hs, tk = q.shape[-2], q.shape[-1], k.shape[-2]
     scale = float(hs) ** -0.5
     s = (q * scale) @ k.swapaxes(-1, -2)                           # (B, H, t, Tk)  S = q k^T / sqrt(hs)
@@ -160,6 +167,8 @@ def attention_forward(q, k, v, keep=None, p=0.0):
 
 
 def attention_backward(dy, cache):
+    if _xp(dy) is not np and kernels.enabled():
+        return kernels.attention_backward(dy, cache)
     q, k, v, prob, a, keep, scale = cache
     dv = a.swapaxes(-1, -2) @ dy                                   # dV = A^T dY          (B, H, Tk, hs)
     dp = dy @ v.swapaxes(-1, -2)                                   # dA = dY V^T          (B, H, t, Tk)
@@ -214,6 +223,8 @@ def keep_scale(keep, p, dtype):
 
 def dropout(x, keep, p):
     """Inverted dropout with a given boolean keep-mask: y = x * keep / (1 - p)."""
+    if x.xp is not np and kernels.enabled():
+        return kernels.dropout(x, keep, p)
     m = keep_scale(keep, p, x.dtype)                               # (shape of x)
     return Tensor._make(x.data * m, (x,), lambda g: (g * m,), "dropout")
 
@@ -223,6 +234,8 @@ def dropout(x, keep, p):
 def cross_entropy_forward(logits, targets):
     """Mean over rows of logsumexp(z_i) - z_i[y_i]. logits (..., V), targets (...) integers."""
     xp = _xp(logits)
+    if xp is not np and kernels.enabled():
+        return kernels.cross_entropy_forward(logits, targets)
     v = logits.shape[-1]
     z = logits.reshape(-1, v)                                      # (N, V)
     y = targets.reshape(-1)                                        # (N,)
@@ -237,6 +250,8 @@ def cross_entropy_forward(logits, targets):
 
 
 def cross_entropy_backward(g, cache):
+    if _xp(cache[0]) is not np and kernels.enabled():
+        return kernels.cross_entropy_backward(g, cache)
     prob, y, rows, shape = cache
     n = prob.shape[0]
     dz = prob * (g / n)                                            # dz = (softmax(z) - onehot(y)) * g / N

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from . import kernels  # the numba.cuda twin of _update, for CuPy arrays (loaded on first use)
 from .backend import to_device, to_host
 
 
@@ -24,7 +25,8 @@ class _Group:
         for p, a, b in zip(params, self.offsets, self.offsets[1:]):
             self.flat[a:b] = p.data.reshape(-1)
             p.data = self.flat[a:b].reshape(p.shape)                  # the parameter now lives in the buffer
-        self.grad = xp.zeros_like(self.flat)
+        self.grad = xp.zeros_like(self.flat)                          # gradients, gathered by step()
+        self.whole = True                                             # every parameter had a gradient
         self.exp_avg = xp.zeros_like(self.flat)                       # m
         self.exp_avg_sq = xp.zeros_like(self.flat)                    # v
 
@@ -76,16 +78,45 @@ class AdamW:
                 p.grad *= coef
         return total
 
-    def step(self):
+    def gather_grads(self):
+        """Copy every parameter's .grad into its group's flat gradient buffer `grp.grad`. A group where some
+        parameter has no gradient is marked partial (`grp.whole = False`) and keeps its gradients in p.grad.
+        Returns True when every group is whole."""
+        for grp in self.groups:
+            grp.whole = all(p.grad is not None for p in grp.params)
+            if grp.whole:
+                for p, g in zip(grp.params, grp.views(grp.grad)):
+                    g[...] = p.grad
+        return all(grp.whole for grp in self.groups)
+
+    def _grad_arrays(self):
+        """The gradients the update will use: flat-buffer views for whole groups, p.grad for partial ones."""
+        for grp in self.groups:
+            if grp.whole:
+                yield from grp.views(grp.grad)
+            else:
+                yield from (p.grad for p in grp.params if p.grad is not None)
+
+    def step(self, grad_hook=None):
+        """One AdamW update from the parameters' .grad.
+
+        Order: gradients are gathered into the flat buffers, then grad_hook(self) runs (if given), then the global
+        norm is clipped (max_grad_norm), then the update. Data-parallel training passes a hook that averages the
+        flat buffers `grp.grad` across processes in place, so clipping and the update see the averaged gradient;
+        a hook that raises leaves the parameters and the optimizer state untouched. With a hook, every parameter
+        needs a gradient. (p.grad itself is left as backward made it: clipping scales the flat buffer.)"""
+        whole = self.gather_grads()
+        if grad_hook is not None:
+            if not whole:
+                raise ValueError("AdamW.step(grad_hook=...): every parameter needs a gradient")
+            grad_hook(self)
         if self.max_grad_norm is not None:
-            self.last_grad_norm = self.clip_grad_norm(self.max_grad_norm)
+            self.last_grad_norm = self._clip(self.max_grad_norm)
         self.t += 1
         bc1 = 1.0 - self.beta1 ** self.t
         bc2_sqrt = math.sqrt(1.0 - self.beta2 ** self.t)
         for grp in self.groups:
-            if all(p.grad is not None for p in grp.params):
-                for p, g in zip(grp.params, grp.views(grp.grad)):
-                    g[...] = p.grad
+            if grp.whole:
                 self._update(grp.flat, grp.grad, grp.exp_avg, grp.exp_avg_sq, grp, bc1, bc2_sqrt)
             else:  # torch skips parameters without a gradient: update the others one by one
                 for i, p in enumerate(grp.params):
@@ -93,9 +124,21 @@ class AdamW:
                         m, v = grp.views(grp.exp_avg)[i], grp.views(grp.exp_avg_sq)[i]
                         self._update(p.data, p.grad, m, v, grp, bc1, bc2_sqrt)
 
+    def _clip(self, max_norm):
+        """clip_grad_norm on the gradients the update will use (the same sums, parameter by parameter)."""
+        grads = list(self._grad_arrays())
+        total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
+        coef = min(1.0, max_norm / (total + 1e-6))
+        for g in grads:
+            g *= coef
+        return total
+
     def _update(self, p, g, m, v, grp, bc1, bc2_sqrt):
         """In place, in torch's order of operations."""
         xp = grp.params[0].xp
+        if xp is not np and kernels.enabled():
+            return kernels.adamw_update(p, g, m, v, grp.lr, self.beta1, self.beta2, self.eps, grp.weight_decay, bc1,
+                                        bc2_sqrt)
         if grp.weight_decay:
             p *= 1.0 - grp.lr * grp.weight_decay                     # p -= lr * wd * p
         m += (g - m) * (1.0 - self.beta1)                             # m = beta1 m + (1 - beta1) g   (torch's lerp)

@@ -15,6 +15,11 @@ evaluations compare like with like. It touches neither the training batch stream
 Exact resume: a checkpoint holds the parameters, AdamW's moments and step, the dropout generator's state
 (model.rng) and the batch sampler's state, so N steps + resume for N more gives bitwise the parameters of 2N
 steps in one go (on the CPU; same NumPy and BLAS thread count).
+
+Data-parallel (`mpiexec -n N tinygrad-gpt train ...`, see distributed.py): batch_size is the global batch, split
+into N equal parts of rows; rank 0 prepares the run (reads the corpus and checkpoint) and alone writes to the run
+directory; the others get what it read, train on their rows, and take part in the averaging. The checkpoint also
+holds every rank's dropout generator, so a data-parallel run resumes exactly too (with the same number of ranks).
 """
 import dataclasses
 import json
@@ -29,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt_io
+from . import distributed
 from .backend import get_device
-from .data import BatchSampler, default_prompt, fixed_batches, load_corpus
+from .data import BatchSampler, CharTokenizer, Corpus, default_prompt, fixed_batches, load_corpus
 from .model import GPT, GPTConfig
 from .optim import AdamW
 from .tensor import no_grad
@@ -185,7 +191,10 @@ def _clear_run(out):
     """--force: remove a previous run's files (and only those) from `out`."""
     for name in (ckpt_io.LAST, ckpt_io.BEST):
         for p in [out / name] + list(out.glob(f".{name}.*")):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
     for name in RUN_FILES:
         if (out / name).exists():
             (out / name).unlink()
@@ -287,36 +296,51 @@ class TrainResult:
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
-def train(preset=None, resume=False, force=False, stop_at=None, progress=True, say=None, **overrides):
+def train(preset=None, resume=False, force=False, stop_at=None, progress=True, say=None, ddp=None, check_sync=0,
+          **overrides):
     """Train a GPT; see the module docstring. Returns a TrainResult.
 
     preset: "small", "lecture" or "cpu" (default); overrides: any TrainConfig field (max_iters=200, out="runs/x").
     resume: continue the run in `out` from its last checkpoint (settings come from it; overrides may change the
     training settings, e.g. max_iters, but not the model's shape). force: start over in an `out` that holds a run.
     stop_at: stop after this step (saving a checkpoint) without changing the schedule, to resume later.
+    ddp: data-parallel over MPI: None (default) when launched by mpiexec with several processes, True always,
+    False never. check_sync: data-parallel only, every this many steps verify that all ranks hold bitwise the
+    same parameters (a debugging aid; 0: never).
     Raises ConfigError, DataError, CheckpointError, DeviceError (bad input: nothing written); TrainingDiverged,
     SaveFailed.
     """
     from tqdm.auto import tqdm
     say = say or tqdm.write
-    tc, out, corpus, ckpt = _prepare(preset, resume, force, stop_at, {k: v for k, v in overrides.items()
-                                                                      if v is not None})
-    run = Run(tc, out, corpus, ckpt, say)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    dist = distributed.setup(ddp)                  # None: a plain run (mpi4py is never imported)
+    if dist is None:
+        tc, out, corpus, ckpt = _prepare(preset, resume, force, stop_at, overrides)
+    else:
+        if not dist.is_root:                       # rank 0 alone talks to the user
+            progress, say = False, _silent
+        tc, out, corpus, ckpt = _unpack(dist.on_root(
+            lambda: _pack(*_prepare(preset, resume, force, stop_at, overrides, world_size=dist.size))))
+    run = Run(tc, out, corpus, ckpt, say, dist=dist)
     end_step = tc.max_iters if stop_at is None else min(stop_at, tc.max_iters)
     status = "stopped" if end_step < tc.max_iters else "done"
     bar = tqdm(total=tc.max_iters, initial=run.step, unit="step", dynamic_ncols=True, smoothing=0.05,
                disable=None if progress else True, leave=True)
     try:
         with _Interrupt() as interrupt:
+            run.interrupt = interrupt
             if ckpt is None:
                 run.evaluate()                                       # the loss before training, for the curve
             while run.step < end_step:
-                if interrupt.requested:
+                # data-parallel: the ranks agree on stopping through the step's allreduce (run.stop_agreed)
+                if interrupt.requested if dist is None else run.stop_agreed:
                     status = "interrupted"
                     if run.saved_step != run.step:
                         run.save(ckpt_io.LAST)
                     break
                 run.train_step()
+                if dist is not None and check_sync and run.step % check_sync == 0:
+                    dist.check_sync(run.opt, run.step)
                 bar.set_postfix_str(f"loss {run.ema_loss:.4f}, {run.tokens_per_s():,.0f} tok/s", refresh=False)
                 bar.update()
                 if run.step % tc.eval_interval == 0 or run.step == end_step:
@@ -326,9 +350,24 @@ def train(preset=None, resume=False, force=False, stop_at=None, progress=True, s
     return run.finish(status)
 
 
-def _prepare(preset, resume, force, stop_at, overrides):
+def _silent(*args, **kwargs):
+    pass
+
+
+def _pack(tc, out, corpus, ckpt):
+    """What rank 0 read, for the other ranks (the corpus as its text: they rebuild the ids themselves)."""
+    return tc, out, (corpus.text, corpus.name, corpus.tokenizer.chars), ckpt
+
+
+def _unpack(packed):
+    tc, out, (text, name, chars), ckpt = packed
+    return tc, out, Corpus(text, tokenizer=CharTokenizer(chars), name=name), ckpt
+
+
+def _prepare(preset, resume, force, stop_at, overrides, world_size=1):
     """Every check of the settings, device, corpus and output directory, before anything is written; then the
-    output directory is made ready. Returns (TrainConfig, out, Corpus, Checkpoint or None)."""
+    output directory is made ready. Returns (TrainConfig, out, Corpus, Checkpoint or None).
+    world_size: the number of data-parallel ranks, which must divide the batch size."""
     if resume and force:
         raise ConfigError("--resume and --force contradict each other: resume the run, or start it over")
     if stop_at is not None and stop_at < 1:
@@ -345,6 +384,9 @@ def _prepare(preset, resume, force, stop_at, overrides):
     else:
         tc = make_config(preset, **overrides)
         out = Path(tc.out)
+    if tc.batch_size % world_size:
+        raise ConfigError(f"batch_size {tc.batch_size} does not split evenly over {world_size} data-parallel ranks: "
+                          f"use a multiple of {world_size} (the global batch is divided into equal parts)")
     get_device(tc.device)
     corpus = load_corpus(tc.data, block_size=tc.block_size, tokenizer=ckpt.tokenizer if ckpt else None)
     try:
@@ -375,18 +417,23 @@ def _prepare(preset, resume, force, stop_at, overrides):
 
 class Run:
     """The state of one training session: model, optimizer, batch stream, step, losses, timing; and what it writes
-    to the run directory (log, plot, checkpoints)."""
+    to the run directory (log, plot, checkpoints). dist: this rank's distributed.DataParallel, or None."""
 
-    def __init__(self, tc, out, corpus, ckpt, say):
-        self.tc, self.out, self.corpus, self.say = tc, out, corpus, say
+    def __init__(self, tc, out, corpus, ckpt, say, dist=None):
+        self.tc, self.out, self.corpus, self.say, self.dist = tc, out, corpus, say, dist
+        self.writes = dist is None or dist.is_root        # rank 0 alone writes the log, plot, checkpoints, sample
+        if dist is not None:
+            dist.bind_device(tc.device)
         self.model = GPT(tc.model_config(corpus.tokenizer.vocab_size), seed=tc.seed, device=tc.device)
+        if dist is not None and dist.rank > 0:            # each rank its own dropout masks (rank 0: a plain run's)
+            self.model.rng = np.random.default_rng([tc.seed, 1, dist.rank])
         self.names = [n for n, _ in self.model.named_parameters()]    # the optimizer's parameter order
         if ckpt:
             try:
                 self.model.load_state_dict(ckpt.model_state)
             except ValueError as e:
                 raise ckpt_io.CheckpointError(f"checkpoint {ckpt.path} does not fit the model: {e}") from None
-            self.model.rng.bit_generator.state = ckpt.meta["rng"]["model"]
+            rng_note = self._restore_dropout_rng(ckpt)
         self.opt = AdamW(self.model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2),
                          weight_decay=tc.weight_decay, max_grad_norm=tc.grad_clip or None)
         if ckpt:
@@ -394,11 +441,17 @@ class Run:
                 self.opt.load_state_dict(ckpt.optimizer_state(self.names))
             except ValueError as e:
                 raise ckpt_io.CheckpointError(f"checkpoint {ckpt.path}: optimizer state does not fit: {e}") from None
-        self.sampler = BatchSampler(corpus.train, tc.block_size, tc.batch_size, seed=[tc.seed, 2])
+        rows = None
+        if dist is not None:
+            dist.attach(self.opt)                         # one flat gradient buffer; rank 0's parameters everywhere
+            rows = dist.rows(tc.batch_size)               # this rank's rows of every (global) batch
+        self.sampler = BatchSampler(corpus.train, tc.block_size, tc.batch_size, seed=[tc.seed, 2], rows=rows)
         if ckpt:
             self.sampler.state = ckpt.meta["rng"]["batch"]
         self.eval_sets = {split: fixed_batches(corpus.split(split), tc.block_size, tc.batch_size, tc.eval_iters,
-                                               seed=[tc.seed, 3 + i]) for i, split in enumerate(("train", "val"))}
+                                               seed=[tc.seed, 3 + i], rows=rows)
+                          for i, split in enumerate(("train", "val"))}
+        self.interrupt, self.stop_agreed = None, False    # train() sets interrupt; stop_agreed: data-parallel
 
         self.step = ckpt.step if ckpt else 0
         self.saved_step = self.step if ckpt else None
@@ -409,8 +462,9 @@ class Run:
         self.interval_tokens, self.interval_time, self.session_tokens, self.session_time = 0, 0.0, 0, 0.0
 
         self.log_path, self.plot_path = out / "log.jsonl", out / "loss.png"
-        self.history = _read_log(self.log_path, self.step) if ckpt else []   # drop lines past the checkpoint
-        _write_text_atomic(self.log_path, "".join(json.dumps(r) + "\n" for r in self.history))
+        self.history = _read_log(self.log_path, self.step) if ckpt and self.writes else []   # drop lines past it
+        if self.writes:
+            _write_text_atomic(self.log_path, "".join(json.dumps(r) + "\n" for r in self.history))
         self.data_info = {"path": str(Path(tc.data).resolve()) if tc.data else None, "name": Path(corpus.name).name,
                           "chars": len(corpus.ids), "sha256": corpus.sha256}
         if ckpt and ckpt.meta.get("data", {}).get("sha256") not in (None, corpus.sha256):
@@ -423,8 +477,31 @@ class Run:
             f"({len(corpus.ids):,} chars, vocab {corpus.tokenizer.vocab_size}; train {len(corpus.train):,} / "
             f"val {len(corpus.val):,}) | {n_params:,} parameters | {shape} dropout={tc.dropout} | "
             f"lr {tc.lr:g} {tc.lr_schedule}{warmup} | {self.model.device} | out {out}")
+        if dist is not None:
+            say(f"data-parallel: {dist.size} ranks x {tc.batch_size // dist.size} rows of each batch of "
+                f"{tc.batch_size}; gradients averaged by one allreduce ({dist.transport}) of "
+                f"{dist.n + 2:,} floats per step")
         say(f"evaluation: every {tc.eval_interval} steps, {tc.eval_iters} fixed batches of {tc.batch_size} per "
             f"split" + (f" | from step {self.step}" if ckpt else ""))
+        if ckpt and rng_note:
+            say(rng_note)
+
+    def _restore_dropout_rng(self, ckpt):
+        """The dropout generator's state from the checkpoint: rank 0's is "model" (a plain run's), rank r's is
+        "model_ranks"[r] (data-parallel checkpoints). A rank the checkpoint has no state for (more ranks than the
+        run had) starts a new stream from (seed, rank, step): reproducible, but not the uninterrupted run.
+        Returns a note for the user when the number of dropout streams changes (and dropout is on), else None."""
+        rng = ckpt.meta["rng"]
+        rank, size = (self.dist.rank, self.dist.size) if self.dist is not None else (0, 1)
+        states = rng.get("model_ranks") or [rng["model"]]
+        if rank < len(states):
+            self.model.rng.bit_generator.state = states[rank]
+        else:
+            self.model.rng = np.random.default_rng([self.tc.seed, 1, rank, ckpt.step])
+        if self.tc.dropout > 0 and len(states) != size:
+            return (f"note: the checkpoint holds the dropout streams of {len(states)} rank(s), this run has {size}: "
+                    "the run goes on reproducibly, but not exactly as the interrupted one would have")
+        return None
 
     def elapsed(self):
         return self.elapsed0 + time.perf_counter() - self.t_start
@@ -436,14 +513,26 @@ class Run:
         """One optimizer update. A NaN or infinite loss raises TrainingDiverged before any parameter changes."""
         t0 = time.perf_counter()
         self.opt.set_lr(self.tc.lr_at(self.step))
-        x, y = self.sampler.sample()                                  # (B, T), (B, T)
+        x, y = self.sampler.sample()                                  # (B, T), (B, T); data-parallel (B / N, T)
         _, loss = self.model(x, y)
         value = loss.item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(self._diverged(value, self.step + 1, "training"))
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
+        if self.dist is None:
+            if not math.isfinite(value):
+                raise TrainingDiverged(self._diverged(value, self.step + 1, "training"))
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        else:
+            self.opt.zero_grad()
+            loss.backward()
+
+            def average(opt):                 # between gathering the gradients and clipping/updating
+                nonlocal value
+                stop = self.interrupt is not None and self.interrupt.requested
+                value, self.stop_agreed = self.dist.average(value, self.step + 1, stop)   # mean over the ranks
+                if not math.isfinite(value):  # every rank sees the same mean: all stop here, parameters untouched
+                    raise distributed.all_ranks(TrainingDiverged(self._diverged(value, self.step + 1, "training")))
+            self.opt.step(grad_hook=average)
         self.step += 1
         dt, tokens = time.perf_counter() - t0, self.tc.batch_size * self.tc.block_size
         self.interval_tokens += tokens
@@ -455,13 +544,15 @@ class Run:
 
     def evaluate(self, save=False):
         """Losses on the fixed batches -> log line, plot, and (save=True) last/ and, if better, best/."""
-        rec = {"step": self.step, "train_loss": evaluate(self.model, self.eval_sets["train"]),
-               "val_loss": evaluate(self.model, self.eval_sets["val"]),
+        losses = [evaluate(self.model, self.eval_sets[split]) for split in ("train", "val")]
+        if self.dist is not None:
+            losses = self.dist.mean(losses)                           # each rank evaluated its rows of each batch
+        rec = {"step": self.step, "train_loss": losses[0], "val_loss": losses[1],
                "lr": self.tc.lr_at(max(self.step - 1, 0)),               # the rate of the update that led here
                "tokens_per_s": round(self.interval_tokens / self.interval_time, 1) if self.interval_time else None,
                "elapsed_s": round(self.elapsed(), 3)}
         if not (math.isfinite(rec["val_loss"]) and math.isfinite(rec["train_loss"])):
-            raise TrainingDiverged(self._diverged(rec["val_loss"], self.step, "evaluation"))
+            raise distributed.all_ranks(TrainingDiverged(self._diverged(rec["val_loss"], self.step, "evaluation")))
         self.interval_tokens, self.interval_time = 0, 0.0
         improved = save and rec["val_loss"] < self.best_val
         if save:
@@ -472,6 +563,8 @@ class Run:
             if improved:
                 self.save(ckpt_io.BEST)
         self.history.append(rec)
+        if not self.writes:
+            return rec
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
         plot_losses(self.history, self.plot_path, self.title)
@@ -483,10 +576,18 @@ class Run:
         return rec
 
     def save(self, name):
+        rng = {"model": self.model.rng.bit_generator.state, "batch": self.sampler.state}
+        if self.dist is not None:             # every rank's dropout generator (a collective: all ranks save)
+            states = self.dist.gather(rng["model"])
+            if not self.writes:
+                self.saved_step = self.step
+                return
+            rng["model_ranks"] = states
         meta = {"best_val_loss": None if self.best_val == math.inf else self.best_val, "val_loss": self.last_val,
-                "rng": {"model": self.model.rng.bit_generator.state, "batch": self.sampler.state},
-                "train": {**dataclasses.asdict(self.tc), "data": self.data_info["path"]}, "data": self.data_info,
-                "elapsed_s": self.elapsed()}
+                "rng": rng, "train": {**dataclasses.asdict(self.tc), "data": self.data_info["path"]},
+                "data": self.data_info, "elapsed_s": self.elapsed()}
+        if self.dist is not None:
+            meta["data_parallel"] = {"ranks": self.dist.size, "rows_per_rank": self.tc.batch_size // self.dist.size}
         try:
             ckpt_io.save(self.out / name, self.model, self.corpus.tokenizer, self.step, optimizer=self.opt,
                          optimizer_names=self.names, meta=meta)
@@ -506,6 +607,8 @@ class Run:
         out, say = self.out, self.say
         result = TrainResult(out, self.step, status, self.best_val, self.last_val, self.tokens_per_s(),
                              self.elapsed())
+        if not self.writes:
+            return result
         if status == "interrupted":
             say(f"interrupted at step {self.step}: saved {out / ckpt_io.LAST}; continue with: "
                 f"tinygrad-gpt train --out {out} --resume")

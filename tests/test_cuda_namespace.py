@@ -1,0 +1,103 @@
+"""The cuda path, checked without a GPU: every array-module function and array method it calls exists in CuPy, and a
+training step stays on the device.
+
+A subprocess (tests/cuda_proxy.py) installs a recording stand-in for CuPy as the cuda device's array module (NumPy
+underneath; arrays that are not NumPy arrays, as CuPy's are not) and runs, on "cuda": model construction, two training
+steps with dropout (batch already on the device), evaluation, generation with and without the key/value cache, a
+state-dict round trip of model and optimizer, gradient clipping, and moving a model and a tensor between devices; for a
+ReLU model with dropout and a GELU model without. It does so twice: with TINYGRAD_GPT_KERNELS off (plain CuPy array
+code) and on (the numba.cuda kernels, run by numba's CUDA simulator). Here every recorded name is looked up in the real
+`cupy` module and `cupy.ndarray` (CuPy imports without a GPU), and the second training step (the steady state) is
+checked for host synchronisations, float64 arrays and host-to-device copies.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install -e .[test] brings cupy-cuda12x)")
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ["cupy"] + (["kernels"] if importlib.util.find_spec("numba") else [])
+
+
+@pytest.fixture(scope="module")
+def records():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_ENABLE_CUDASIM="1")
+    env.pop("TINYGRAD_GPT_KERNELS", None)
+    script = str(ROOT / "tests" / "cuda_proxy.py")
+    proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", script, *MODES], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"the recorded cuda run failed:\n{proc.stderr[-8000:]}"
+    return json.loads(proc.stdout)
+
+
+def resolve(space, name):
+    """The CuPy object that serves a recorded name, or None."""
+    if space == "ndarray":
+        obj = cupy.ndarray
+        if hasattr(obj, name):
+            return getattr(obj, name)
+        if name.startswith("__i") and hasattr(obj, "__" + name[3:]):
+            return getattr(obj, "__" + name[3:])      # no in-place form: Python falls back to a = a op b
+        return None
+    obj = {"xp": cupy, "random.Generator": cupy.random.Generator}[space]
+    for part in name.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_name_the_cuda_path_uses_exists_in_cupy(records, mode):
+    names = [tuple(n) for n in records[mode]["names"]]
+    assert len(names) > 30, "the recorded run saw suspiciously few names"
+    missing = [f"{space}:{name}" for space, name in names if resolve(space, name) is None]
+    assert not missing, f"called on the cuda path, but CuPy has no such function or method: {missing}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_implicit_conversion_of_device_arrays_to_numpy(records, mode):
+    """np.asarray(device array) raises TypeError on CuPy: host code must read device arrays with .get()."""
+    bad = [e for e in records[mode]["events"] if e[1] == "host_conversion"]
+    assert not bad, bad
+
+
+def _events(records, mode, phase, kind):
+    return [e[2] for e in records[mode]["events"] if e[0] == phase and e[1] == kind]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_training_step_has_no_host_sync_and_stays_float32(records, mode):
+    """The steady-state step (forward, loss, backward, AdamW) never waits for the GPU and makes no float64 array;
+    the loss is read back only when logged."""
+    assert not _events(records, mode, "step2", "sync"), _events(records, mode, "step2", "sync")
+    assert not _events(records, mode, "step2", "float64"), _events(records, mode, "step2", "float64")
+    assert len(_events(records, mode, "log", "sync")) == 2          # float(loss) once per model
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_training_step_copies_no_array_to_the_device(records, mode):
+    """No host array is copied to the device in the steady state (batches built there, dropout masks drawn there).
+    The plain CuPy path still turns a Python scalar into a device scalar per dropout site (functional.keep_scale:
+    a few bytes, asynchronous); the kernel path copies nothing at all."""
+    copies = _events(records, mode, "step2", "h2d")
+    arrays = [c for c in copies if not c.endswith("float ())") and not c.endswith("int ())")]
+    assert not arrays, arrays
+    if mode == "kernels":
+        assert not copies, copies
+
+
+def test_every_kernel_runs_in_a_training_step(records):
+    if "kernels" not in records:
+        pytest.skip("numba is not installed")
+    launched = set(_events(records, "kernels", "step2", "launch"))
+    expected = {"layer_norm_fwd", "layer_norm_bwd", "causal_softmax_fwd", "causal_softmax_bwd", "cross_entropy_fwd",
+                "cross_entropy_bwd", "adamw_update", "dropout_apply"}
+    assert launched == expected, f"kernels missing from a training step: {expected - launched}"
+    assert not _events(records, "cupy", "step2", "launch"), "TINYGRAD_GPT_KERNELS off still launched kernels"

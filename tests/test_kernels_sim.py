@@ -1,0 +1,261 @@
+"""The custom CUDA kernels (tinygrad_gpt/kernels/), checked on the CPU: each launcher runs under numba's CUDA simulator
+(NUMBA_ENABLE_CUDASIM=1, in a subprocess: tests/kernel_sim_run.py) on small inputs chosen to cover rows longer than a
+block, grids that stride over rows, blocks with rows past the end, odd sizes, and the causal mask's edge rows (the
+first query, which sees one key; queries offset by a key/value cache; a single query that sees every key), in
+float32 and float64. Its outputs are compared here with its NumPy twin (functional.py / optim.py) and with torch.
+A second subprocess compiles every kernel to PTX for a real GPU (compute capability 8.0, no GPU needed) and checks
+that the float32 kernels do no float64 arithmetic. On a machine with a GPU the same cases, plus the lecture config's
+shapes with the default launch shapes, also run on the GPU (the "cuda" parameter, marked gpu).
+
+Tolerances. Kernel and twin compute the same formulas but sum each row in a different order: a sum of n terms in
+floating point is off by at most n*u*sum|terms| (u the unit roundoff: 6.0e-8 in float32, 1.1e-16 in float64), so the
+two differ by at most 2*n*u*sum|terms|, plus a few (< 8) more roundings per output. Measured normwise
+(max|a - b| / max|b|, as helpers.rel_err) on O(1) random data, where sum|terms| / max|output| stays below ~4, that
+is TOL(n) = 8 * (n + 8) * u, n the longest chain of reductions behind the output: C for LayerNorm's y and dx, its
+N rows for dw and db; 2 Tk + hs for attention; V for softmax and dlogits, V + N for the mean loss. The same bound
+holds against torch.
+What must be exact is checked exactly: masked attention entries (P and dS) are 0, the AdamW kernel repeats the twin's
+float32 operations one by one (in the simulator no multiply-add is contracted; on a GPU the compiler contracts
+m + (g - m) * c into one fused multiply-add, one rounding instead of two, so there the bound is 4 units of float32
+per step), dropout is one multiplication.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import torch  # noqa: E402
+import torch.nn.functional as TF  # noqa: E402
+
+from helpers import rel_err  # noqa: E402
+from tinygrad_gpt import cuda_available  # noqa: E402
+from tinygrad_gpt import functional as F  # noqa: E402
+from tinygrad_gpt.optim import AdamW  # noqa: E402
+from tinygrad_gpt.tensor import Tensor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "kernel_sim_run.py"
+
+
+def unit_roundoff(dtype):
+    return float(np.finfo(dtype).eps) / 2
+
+
+def tol(dtype, n):
+    return 8 * (n + 8) * unit_roundoff(dtype)
+
+
+def _run_worker(args, env_extra, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_extra)
+    # -W error: a NaN, overflow or division by zero inside a simulated kernel fails the run
+    proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", str(WORKER), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"kernel worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+DEVICES = ["sim", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not cuda_available(), reason="needs a CUDA GPU with CuPy")])]
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def sim(request, tmp_path_factory):
+    """Every kernel's outputs under the simulator or on the GPU: {case: {array name: array}}, {case: meta}."""
+    path = tmp_path_factory.mktemp(request.param) / "kernels.npz"
+    if request.param == "sim":
+        _run_worker([str(path)], {"NUMBA_ENABLE_CUDASIM": "1"})
+    else:
+        _run_worker(["--cuda", str(path)], {"NUMBA_ENABLE_CUDASIM": "0"})
+    data = np.load(path)
+    meta = json.loads(str(data["__meta__"]))
+    cases = {}
+    for key in data.files:
+        if key != "__meta__":
+            case, name = key.split("/")
+            cases.setdefault(case, {})[name] = data[key]
+    return request.param, cases, meta
+
+
+def cases_of(kind):
+    """Case names of one kind, known without running the worker (for parametrize)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import kernel_sim_run as w
+    table = {"layer_norm": w.LAYER_NORM, "attention": w.ATTENTION, "cross_entropy": w.CROSS_ENTROPY}[kind]
+    return [f"{row[0]}-{dt}" for dt in ("float32", "float64") for row in table + w.GPU_ONLY[kind]]
+
+
+def get_case(sim, case):
+    device, cases, meta = sim
+    if case not in cases:
+        pytest.skip(f"{case}: a GPU-only size")
+    return cases[case], meta[case]
+
+
+def check(name, ours, ref, bound):
+    err = rel_err(ours, ref)
+    assert err <= bound, f"{name}: relative error {err:.3g} > {bound:.3g}"
+
+
+def to_torch(a, grad=False):
+    return torch.tensor(np.asarray(a), requires_grad=grad)
+
+
+# ---- LayerNorm ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", cases_of("layer_norm"))
+def test_layer_norm(sim, case):
+    a, m = get_case(sim, case)
+    x, w, b, g = a["x"], a["w"], a.get("b"), a["g"]
+    bound, bound_params = tol(x.dtype, m["reduction"]), tol(x.dtype, m["reduction_params"])
+    y, cache = F.layer_norm_forward(x.copy(), w, b)
+    dx, dw, db = F.layer_norm_backward(g, cache)
+    for name, ours, twin in (("y", a["y"], y), ("xhat", a["xhat"], cache[0]), ("rstd", a["rstd"], cache[1]),
+                             ("dx", a["dx"], dx), ("dw", a["dw"], dw), ("db", a["db"], db)):
+        assert ours.dtype == x.dtype and ours.shape == np.shape(twin), name
+        check(f"{case} {name} vs NumPy twin", ours, twin, bound_params if name in ("dw", "db") else bound)
+
+    tx, tw = to_torch(x, True), to_torch(w, True)
+    tb = to_torch(b if b is not None else np.zeros_like(w), True)
+    ty = TF.layer_norm(tx, (x.shape[-1],), tw, tb, 1e-5)
+    ty.backward(to_torch(g))
+    check(f"{case} y vs torch", a["y"], ty.detach().numpy(), bound)
+    if x.shape[-1] == 1:
+        # width 1: every row is constant, xhat = 0, so dx = rstd * (dxhat - mean(dxhat) - 0) and dw = sum dy * xhat
+        # are exactly 0 (the twin agrees above); torch leaves rounding noise of size u * rstd * |dy| there
+        assert np.all(a["dx"] == 0) and np.all(a["dw"] == 0)
+    else:
+        check(f"{case} dx vs torch", a["dx"], tx.grad.numpy(), bound)
+        check(f"{case} dw vs torch", a["dw"], tw.grad.numpy(), bound_params)
+    if b is not None:
+        check(f"{case} db vs torch", a["db"], tb.grad.numpy(), bound_params)
+
+
+# ---- attention core (causal masked scaled softmax) ---------------------------------------------------------------
+
+def visible(t, tk):
+    """(t, Tk) bool: query i (absolute position Tk - t + i) sees key j."""
+    return np.arange(tk)[None, :] <= np.arange(t)[:, None] + (tk - t)
+
+
+@pytest.mark.parametrize("case", cases_of("attention"))
+def test_attention(sim, case):
+    a, m = get_case(sim, case)
+    q, k, v, dy, keep, p = a["q"], a["k"], a["v"], a["dy"], a.get("keep"), m["p"]
+    t, tk, hs = q.shape[-2], k.shape[-2], q.shape[-1]
+    bound = tol(q.dtype, m["reduction"])
+
+    # masked entries are exactly 0, in the probabilities and in dS; every row of P sums to 1
+    hidden = ~visible(t, tk)
+    assert np.all(a["prob"][..., hidden] == 0), "P is not exactly 0 at masked keys"
+    assert np.all(a["ds"][..., hidden] == 0), "dS is not exactly 0 at masked keys"
+    assert np.abs(a["prob"].sum(-1) - 1).max() <= tol(q.dtype, tk)
+    if t == tk:  # the first query sees only the first key
+        assert np.all(a["prob"][..., 0, 0] == 1)
+
+    y, cache = F.attention_forward(q, k, v, keep, p)
+    dq, dk, dv = F.attention_backward(dy.copy(), cache)
+    for name, ours, twin in (("y", a["y"], y), ("prob", a["prob"], cache[3]), ("dq", a["dq"], dq),
+                             ("dk", a["dk"], dk), ("dv", a["dv"], dv)):
+        assert ours.dtype == q.dtype and ours.shape == twin.shape, name
+        check(f"{case} {name} vs NumPy twin", ours, twin, bound)
+
+    tq, tk_, tv = to_torch(q, True), to_torch(k, True), to_torch(v, True)
+    s = (tq @ tk_.transpose(-1, -2)) * hs ** -0.5
+    s = s.masked_fill(torch.from_numpy(hidden), float("-inf"))
+    att = torch.softmax(s, dim=-1)
+    if keep is not None:
+        att = att * torch.from_numpy(keep).to(att.dtype) / (1 - p)
+    ty = att @ tv
+    ty.backward(to_torch(dy))
+    check(f"{case} y vs torch", a["y"], ty.detach().numpy(), bound)
+    for name, ours, theirs in (("dq", a["dq"], tq.grad), ("dk", a["dk"], tk_.grad), ("dv", a["dv"], tv.grad)):
+        check(f"{case} {name} vs torch", ours, theirs.numpy(), bound)
+
+
+# ---- cross-entropy -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", cases_of("cross_entropy"))
+def test_cross_entropy(sim, case):
+    a, m = get_case(sim, case)
+    z, y, g = a["z"], a["y"], a["g"]
+    bound, bound_loss = tol(z.dtype, m["reduction"]), tol(z.dtype, m["reduction_loss"])
+    assert a["loss"].shape == () and a["loss"].dtype == z.dtype, "the loss is a 0-d array of the logits' dtype"
+    loss, cache = F.cross_entropy_forward(z, y)
+    dz = F.cross_entropy_backward(g, cache)
+    check(f"{case} loss vs NumPy twin", a["loss"], loss, bound_loss)
+    check(f"{case} prob vs NumPy twin", a["prob"], cache[0], bound)
+    check(f"{case} dz vs NumPy twin", a["dz"], dz, bound)
+
+    tz = to_torch(z, True)
+    tl = TF.cross_entropy(tz, torch.from_numpy(y.astype(np.int64)))
+    (tl * float(g)).backward()
+    check(f"{case} loss vs torch", a["loss"], tl.detach().numpy(), bound_loss)
+    check(f"{case} dz vs torch", a["dz"], tz.grad.numpy(), bound)
+    if z.shape[1] == 1:  # one class: probability 1, loss 0, gradient 0, exactly
+        assert np.all(a["prob"] == 1) and a["loss"] == 0 and np.all(a["dz"] == 0)
+
+
+# ---- AdamW -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("wd", [0.1, 0.0])
+def test_adamw(sim, wd):
+    device = sim[0]
+    a, m = get_case(sim, f"adamw_wd{wd}")
+    # the twin: AdamW.step on a NumPy parameter holding the same values
+    param = Tensor(a["p0"].copy(), requires_grad=True)
+    opt = AdamW([param], lr=m["lr"], betas=tuple(m["betas"]), eps=m["eps"], weight_decay=wd)
+    for g in (a["g1"], a["g2"]):
+        param.grad = g.copy()
+        opt.step()
+    m_twin, v_twin = opt.state_dict()["exp_avg"][0], opt.state_dict()["exp_avg_sq"][0]
+    for name, ours, twin in (("parameters", a["p"], param.data), ("first moment", a["m"], m_twin),
+                             ("second moment", a["v"], v_twin)):
+        if device == "sim":
+            np.testing.assert_array_equal(ours, twin, err_msg=f"AdamW kernel vs twin: {name}")
+        else:
+            check(f"AdamW kernel vs twin: {name}", ours, twin, 2 * 4 * unit_roundoff(np.float32))
+
+    # torch.optim.AdamW (single-tensor path): the same formulas with its own fused helpers (lerp, addcmul, addcdiv),
+    # which may round differently by one unit per operation: a few units of float32 relative to the largest value
+    tp = to_torch(a["p0"].copy(), True)
+    topt = torch.optim.AdamW([tp], lr=m["lr"], betas=tuple(m["betas"]), eps=m["eps"], weight_decay=wd, foreach=False)
+    for g in (a["g1"], a["g2"]):
+        tp.grad = to_torch(g)
+        topt.step()
+    check("AdamW kernel vs torch: parameters", a["p"], tp.detach().numpy(), 16 * unit_roundoff(np.float32))
+
+
+# ---- dropout -----------------------------------------------------------------------------------------------------
+
+def test_dropout(sim):
+    a, m = get_case(sim, "dropout")
+    x, keep, p = a["x"], a["keep"], m["p"]
+    twin = F.dropout(Tensor(x), keep, p).data
+    np.testing.assert_array_equal(a["y"], twin, err_msg="dropout kernel vs twin")
+    assert a["y"].dtype == np.float32
+
+
+# ---- PTX for a real GPU -------------------------------------------------------------------------------------------
+
+def test_kernels_compile_to_ptx_without_float64(tmp_path):
+    """Every kernel compiles with numba-cuda for compute capability 8.0 (type inference, lowering, NVVM), and the
+    float32 kernels contain no float64 instruction (a Python float constant or an upcast would show up as .f64)."""
+    pytest.importorskip("numba.cuda")
+    path = tmp_path / "ptx.json"
+    env = {"NUMBA_ENABLE_CUDASIM": "0"}
+    try:
+        _run_worker(["--ptx", str(path)], env)
+    except AssertionError as e:
+        if any(s in str(e) for s in ("libnvrtc", "libnvvm", "NVVM", "DynamicLibNotFoundError", "CudaSupportError")):
+            pytest.skip("no CUDA compiler libraries here (pip install numba-cuda[cu12] brings NVVM and NVRTC)")
+        raise
+    result = json.loads(path.read_text())
+    assert len(result) == 2 * 8, sorted(result)   # LayerNorm, softmax, cross-entropy (fwd + bwd), AdamW, dropout
+    assert all(r["entry"] for r in result.values())
+    f64 = {k: r["f64_lines"] for k, r in result.items() if k.endswith("float32") and r["f64_lines"]}
+    assert not f64, f"float32 kernels with float64 instructions: {f64}"
