@@ -167,10 +167,6 @@ def test_adamw_gradient_clipping(max_norm, seed):
     assert 0 < clipped < N_STEPS
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: AdamW uses one global step count t for the bias corrections; torch keeps "
-                   "a step count per parameter and does not advance it when the parameter has no grad, so after a "
-                   "skipped step the parameter's update uses 1 - beta^t with the wrong t (observed: 1.4e-2 absolute "
-                   "difference from torch at lr 0.1 one step after the skip)")
 def test_adamw_parameter_without_grad_on_some_steps():
     """On the steps in `skipped` parameter 1 has grad None: torch leaves it untouched (no decay, no moment update,
     no step count) and goes on later as if that step had not happened for it. (Not a hypothesis test: an expected

@@ -74,7 +74,8 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.path} holds no optimizer state ({OPTIM_FILE}), so it cannot "
                                   "resume training")
         try:
-            return {"step": int(self.meta["optimizer"]["step"]),
+            opt = self.meta["optimizer"]
+            return {"step": int(opt["step"]), "steps": opt.get("steps"),
                     "exp_avg": [self.optim_state[f"exp_avg.{n}"] for n in names],
                     "exp_avg_sq": [self.optim_state[f"exp_avg_sq.{n}"] for n in names]}
         except KeyError as e:
@@ -102,7 +103,8 @@ def save(path, model, tokenizer, step, optimizer=None, optimizer_names=None, met
         for n, m, v in zip(names, sd["exp_avg"], sd["exp_avg_sq"]):
             moments[f"exp_avg.{n}"], moments[f"exp_avg_sq.{n}"] = np.asarray(m), np.asarray(v)
         files[OPTIM_FILE] = st_save(moments, metadata={"format": FORMAT})
-        info["optimizer"] = {"type": "AdamW", "step": int(sd["step"]), "param_order": names}
+        info["optimizer"] = {"type": "AdamW", "step": int(sd["step"]), "param_order": names,
+                             "steps": [int(n) for n in sd.get("steps", [])] or None}
     info.update({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

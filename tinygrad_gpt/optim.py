@@ -29,6 +29,8 @@ class _Group:
         self.whole = True                                             # every parameter had a gradient
         self.exp_avg = xp.zeros_like(self.flat)                       # m
         self.exp_avg_sq = xp.zeros_like(self.flat)                    # v
+        self.steps = [0] * len(params)   # updates each parameter has had (torch counts per parameter: a parameter
+        #                                  without a gradient in a step is skipped and its bias correction waits)
 
     def views(self, flat):
         return [flat[a:b].reshape(p.shape) for p, a, b in zip(self.params, self.offsets, self.offsets[1:])]
@@ -113,16 +115,21 @@ class AdamW:
         if self.max_grad_norm is not None:
             self.last_grad_norm = self._clip(self.max_grad_norm)
         self.t += 1
-        bc1 = 1.0 - self.beta1 ** self.t
-        bc2_sqrt = math.sqrt(1.0 - self.beta2 ** self.t)
         for grp in self.groups:
-            if grp.whole:
-                self._update(grp.flat, grp.grad, grp.exp_avg, grp.exp_avg_sq, grp, bc1, bc2_sqrt)
-            else:  # torch skips parameters without a gradient: update the others one by one
-                for i, p in enumerate(grp.params):
-                    if p.grad is not None:
-                        m, v = grp.views(grp.exp_avg)[i], grp.views(grp.exp_avg_sq)[i]
-                        self._update(p.data, p.grad, m, v, grp, bc1, bc2_sqrt)
+            if grp.whole and len(set(grp.steps)) == 1:   # the usual case: one update of the whole flat buffer
+                grp.steps = [grp.steps[0] + 1] * len(grp.params)
+                self._update(grp.flat, grp.grad, grp.exp_avg, grp.exp_avg_sq, grp, *self._corrections(grp.steps[0]))
+            else:  # torch skips parameters without a gradient: update the others one by one, each at its own step
+                grads = grp.views(grp.grad) if grp.whole else [p.grad for p in grp.params]
+                ms, vs = grp.views(grp.exp_avg), grp.views(grp.exp_avg_sq)
+                for i, (p, g) in enumerate(zip(grp.params, grads)):
+                    if g is not None:
+                        grp.steps[i] += 1
+                        self._update(p.data, g, ms[i], vs[i], grp, *self._corrections(grp.steps[i]))
+
+    def _corrections(self, t):
+        """Adam's bias corrections at step t: 1 - beta1^t and sqrt(1 - beta2^t)."""
+        return 1.0 - self.beta1 ** t, math.sqrt(1.0 - self.beta2 ** t)
 
     def _clip(self, max_norm):
         """clip_grad_norm on the gradients the update will use (the same sums, parameter by parameter)."""
@@ -152,10 +159,11 @@ class AdamW:
         p -= step                                                     # p -= lr * m_hat / (sqrt(v_hat) + eps)
 
     def state_dict(self):
-        """{"step": t, "exp_avg": [...], "exp_avg_sq": [...]}: host arrays in parameter order."""
+        """{"step": t, "steps": [per parameter], "exp_avg": [...], "exp_avg_sq": [...]}: host arrays in parameter
+        order."""
         m = [to_host(a).copy() for g in self.groups for a in g.views(g.exp_avg)]
         v = [to_host(a).copy() for g in self.groups for a in g.views(g.exp_avg_sq)]
-        return {"step": self.t, "exp_avg": m, "exp_avg_sq": v}
+        return {"step": self.t, "steps": [n for g in self.groups for n in g.steps], "exp_avg": m, "exp_avg_sq": v}
 
     def load_state_dict(self, state):
         params = self.parameters()
@@ -169,3 +177,8 @@ class AdamW:
             m[...] = to_device(np.asarray(sm), p.device)
             v[...] = to_device(np.asarray(sv), p.device)
         self.t = int(state["step"])
+        steps = [int(n) for n in state.get("steps") or [self.t] * len(params)]   # older states: one shared count
+        if len(steps) != len(params):
+            raise ValueError(f"AdamW.load_state_dict: {len(steps)} step counts for {len(params)} parameters")
+        for g in self.groups:
+            g.steps, steps = steps[:len(g.params)], steps[len(g.params):]
