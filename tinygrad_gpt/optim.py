@@ -29,6 +29,7 @@ class _Group:
         self.whole = True                                             # every parameter had a gradient
         self.exp_avg = xp.zeros_like(self.flat)                       # m
         self.exp_avg_sq = xp.zeros_like(self.flat)                    # v
+        self.scratch = None              # the update's one temporary, allocated at the first whole-buffer step
         self.steps = [0] * len(params)   # updates each parameter has had (torch counts per parameter: a parameter
         #                                  without a gradient in a step is skipped and its bias correction waits)
 
@@ -118,6 +119,8 @@ class AdamW:
         for grp in self.groups:
             if grp.whole and len(set(grp.steps)) == 1:   # the usual case: one update of the whole flat buffer
                 grp.steps = [grp.steps[0] + 1] * len(grp.params)
+                if grp.scratch is None:
+                    grp.scratch = grp.params[0].xp.empty_like(grp.flat)
                 self._update(grp.flat, grp.grad, grp.exp_avg, grp.exp_avg_sq, grp, *self._corrections(grp.steps[0]))
             else:  # torch skips parameters without a gradient: update the others one by one, each at its own step
                 grads = grp.views(grp.grad) if grp.whole else [p.grad for p in grp.params]
@@ -146,17 +149,22 @@ class AdamW:
         if xp is not np and kernels.enabled():
             return kernels.adamw_update(p, g, m, v, grp.lr, self.beta1, self.beta2, self.eps, grp.weight_decay, bc1,
                                         bc2_sqrt)
+        tmp = xp.empty_like(p) if grp.scratch is None or grp.scratch.size != p.size else grp.scratch.reshape(p.shape)
         if grp.weight_decay:
             p *= 1.0 - grp.lr * grp.weight_decay                     # p -= lr * wd * p
-        m += (g - m) * (1.0 - self.beta1)                             # m = beta1 m + (1 - beta1) g   (torch's lerp)
+        xp.subtract(g, m, out=tmp)
+        tmp *= 1.0 - self.beta1
+        m += tmp                                                      # m = beta1 m + (1 - beta1) g   (torch's lerp)
         v *= self.beta2
-        v += (g * g) * (1.0 - self.beta2)                             # v = beta2 v + (1 - beta2) g^2
-        denom = xp.sqrt(v)
-        denom /= bc2_sqrt
-        denom += self.eps                                             # sqrt(v / (1 - beta2^t)) + eps
-        step = m / denom
-        step *= grp.lr / bc1
-        p -= step                                                     # p -= lr * m_hat / (sqrt(v_hat) + eps)
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - self.beta2
+        v += tmp                                                      # v = beta2 v + (1 - beta2) g^2
+        xp.sqrt(v, out=tmp)
+        tmp /= bc2_sqrt
+        tmp += self.eps                                               # denom = sqrt(v / (1 - beta2^t)) + eps
+        xp.divide(m, tmp, out=tmp)
+        tmp *= grp.lr / bc1
+        p -= tmp                                                      # p -= lr * m_hat / (sqrt(v_hat) + eps)
 
     def state_dict(self):
         """{"step": t, "steps": [per parameter], "exp_avg": [...], "exp_avg_sq": [...]}: host arrays in parameter
