@@ -259,3 +259,18 @@ def test_kernels_compile_to_ptx_without_float64(tmp_path):
     assert all(r["entry"] for r in result.values())
     f64 = {k: r["f64_lines"] for k, r in result.items() if k.endswith("float32") and r["f64_lines"]}
     assert not f64, f"float32 kernels with float64 instructions: {f64}"
+
+
+# ---- the whole model on a simulated GPU ------------------------------------------------------------------------------
+
+def test_model_with_kernels_matches_torch_on_a_simulated_gpu():
+    """Two of tests/test_gpu.py's tests, run without a GPU through tests/gpu_dryrun.py (the cuda device is the
+    recording CuPy stand-in, the kernels run in the simulator): the float64 GPT (bias, GELU) and the float64 GPT with
+    given dropout masks, forward and every gradient, against the torch reference within 1e-10 / 1e-9."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    env.pop("TINYGRAD_GPT_KERNELS", None)
+    select = "test_gpt_float64_on_cuda_matches_torch and kernels-True-gelu or test_dropout_with_given_masks and kernels"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "gpu_dryrun", "-p", "no:cacheprovider", "-q",
+                           str(ROOT / "tests" / "test_gpu.py"), "-m", "gpu", "-k", select],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout[-6000:] + proc.stderr[-3000:]

@@ -12,6 +12,7 @@ Under the simulator (NUMBA_ENABLE_CUDASIM=1, set before numba is imported) the s
 `launch` then calls the kernel without a stream and the kernel runs as Python threads.
 """
 import math
+import warnings
 
 import numba
 import numpy as np
@@ -23,6 +24,10 @@ except ImportError:  # pragma: no cover - older numba with the built-in cuda tar
     from numba.core import config as _config
 
 SIM = bool(_config.ENABLE_CUDASIM)
+
+# numba warns at every launch of fewer than 128 blocks; ours are small on purpose at small sizes (one row while
+# sampling), and a warning per launch would flood the output. (This filter applies to the whole process.)
+warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
 
 MAX_THREADS = 256        # threads per block at most; the size of each kernel's shared reduction buffer
 # Launch-shape defaults, read at each launch (the simulator tests shrink them: every simulated thread is a Python
@@ -71,15 +76,21 @@ def numba_type(ft):
 # ---- launching ---------------------------------------------------------------------------------------------------
 
 _streams = {}
+_device = [None]
 
 
 def _stream():
-    """numba's handle on CuPy's current stream (cached per stream pointer), so our kernels queue behind CuPy's."""
+    """numba's handle on CuPy's current stream (cached per device and stream pointer), so our kernels run on CuPy's
+    current device and queue behind its work."""
     import cupy
+    dev = cupy.cuda.runtime.getDevice()
+    if dev != _device[0]:                    # numba launches in its own current context: follow CuPy's device
+        cuda.select_device(dev)
+        _device[0] = dev
     ptr = cupy.cuda.get_current_stream().ptr
-    s = _streams.get(ptr)
+    s = _streams.get((dev, ptr))
     if s is None:
-        s = _streams[ptr] = cuda.default_stream() if ptr == 0 else cuda.external_stream(ptr)
+        s = _streams[(dev, ptr)] = cuda.default_stream() if ptr == 0 else cuda.external_stream(ptr)
     return s
 
 
@@ -87,7 +98,12 @@ def device_arg(a):
     """A CuPy array as a numba device array without synchronising on its stream (CUDA array interface v3 would
     otherwise make every launch wait for the GPU); other arguments unchanged."""
     if hasattr(a, "__cuda_array_interface__"):
-        return cuda.as_cuda_array(a, sync=False)
+        d = cuda.as_cuda_array(a, sync=False)
+        if not d.is_c_contiguous():
+            # CuPy calls an array with a zero stride on a length-1 axis contiguous, numba does not; every kernel
+            # signature asks for C order, and such arrays are only ever inputs here, so a copy is safe
+            d = cuda.as_cuda_array(a.copy(), sync=False)
+        return d
     return a
 
 
@@ -98,11 +114,11 @@ def host_arg(a):
 
 def launch(kernel, dtype, grid, block, *args):
     """Run `kernel` compiled for `dtype` on `args`: on CuPy's current stream, or in the simulator."""
-    k = kernel(dtype)
     if SIM:
-        k[grid, block](*[host_arg(a) for a in args])
+        kernel(dtype)[grid, block](*[host_arg(a) for a in args])
     else:
-        k[grid, block, _stream()](*[device_arg(a) for a in args])
+        stream = _stream()                   # first: selects numba's device before anything is compiled or wrapped
+        kernel(dtype)[grid, block, stream](*[device_arg(a) for a in args])
 
 
 def array_module(a):

@@ -5,7 +5,6 @@ multiply-add (it does not in the simulator; on a GPU, FMA contraction can change
 """
 import math
 
-import numpy as np
 from numba import cuda
 
 from ._common import Kernel, array_module, flat_config, launch

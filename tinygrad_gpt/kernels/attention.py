@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import MAX_THREADS, Kernel, array_module, launch, numba_type, row_config, row_max, row_sum  # noqa: F401
+from ._common import MAX_THREADS, Kernel, array_module, launch, numba_type, row_config, row_max, row_sum
 
 
 def _make_forward(ft):
