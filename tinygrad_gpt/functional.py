@@ -218,7 +218,7 @@ def self_attention(qkv, n_head, keep=None, p=0.0):
 
 def keep_scale(keep, p, dtype):
     """The boolean keep-mask times 1 / (1 - p), in `dtype` (a bare Python float would make it float64)."""
-    return keep * _xp(keep).asarray(1.0 / (1.0 - p), dtype=dtype)
+    return keep * np.dtype(dtype).type(1.0 / (1.0 - p))          # a NumPy scalar: no device copy, no upcast
 
 
 def dropout(x, keep, p):

@@ -73,13 +73,7 @@ class AdamW:
     def clip_grad_norm(self, max_norm):
         """Scale all gradients by min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_; returns the
         total norm before clipping."""
-        total = math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum())
-                              for p in self.parameters() if p.grad is not None))
-        coef = min(1.0, max_norm / (total + 1e-6))
-        for p in self.parameters():
-            if p.grad is not None:
-                p.grad *= coef
-        return total
+        return _clip_arrays([p.grad for p in self.parameters() if p.grad is not None], max_norm)
 
     def gather_grads(self):
         """Copy every parameter's .grad into its group's flat gradient buffer `grp.grad`. A group where some
@@ -135,13 +129,8 @@ class AdamW:
         return 1.0 - self.beta1 ** t, math.sqrt(1.0 - self.beta2 ** t)
 
     def _clip(self, max_norm):
-        """clip_grad_norm on the gradients the update will use (the same sums, parameter by parameter)."""
-        grads = list(self._grad_arrays())
-        total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
-        coef = min(1.0, max_norm / (total + 1e-6))
-        for g in grads:
-            g *= coef
-        return total
+        """clip_grad_norm on the gradients the update will use (the flat buffers of whole groups)."""
+        return _clip_arrays(list(self._grad_arrays()), max_norm)
 
     def _update(self, p, g, m, v, grp, bc1, bc2_sqrt):
         """In place, in torch's order of operations."""
@@ -190,3 +179,16 @@ class AdamW:
             raise ValueError(f"AdamW.load_state_dict: {len(steps)} step counts for {len(params)} parameters")
         for g in self.groups:
             g.steps, steps = steps[:len(g.params)], steps[len(g.params):]
+
+
+def _clip_arrays(grads, max_norm):
+    """Scale `grads` in place by min(1, max_norm / (norm + 1e-6)), the norm summed in float64; returns the norm.
+    On the GPU everything stays on the device (no synchronisation): the norm comes back as a 0-d device array."""
+    if not grads:
+        return 0.0
+    xp = np if isinstance(grads[0], np.ndarray) else __import__("cupy")
+    total = xp.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads))   # 0-d
+    coef = xp.minimum(1.0, max_norm / (total + 1e-6))
+    for g in grads:
+        g *= coef.astype(g.dtype)
+    return float(total) if xp is np else total
