@@ -299,9 +299,12 @@ def run(kernels_on):
         params = model.parameters()
         opt = AdamW([{"params": [p for p in params if p.ndim >= 2]},
                      {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=1e-3)
-        rng = np.random.default_rng(0)
-        idx = xp.asarray(rng.integers(0, cfg.vocab_size, (2, cfg.block_size)))        # batches built on the device
-        tgt = xp.asarray(rng.integers(0, cfg.vocab_size, (2, cfg.block_size)))
+        REC.phase = "batches"                               # the trainer's sampler gathers batches on the device
+        from tinygrad_gpt.data import BatchSampler
+        sampler = BatchSampler(np.arange(200) % cfg.vocab_size, cfg.block_size, 2, seed=0, xp=xp)
+        idx, tgt = sampler.sample()                         # (2, T) each, device arrays
+        assert not isinstance(idx, np.ndarray) and idx.shape == (2, cfg.block_size)
+        np.testing.assert_array_equal(np.asarray(idx._a[:, 1:]), np.asarray(tgt._a[:, :-1]))
 
         for step in (1, 2):                                 # step 2 is the steady state
             REC.phase = f"step{step}"

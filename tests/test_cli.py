@@ -347,3 +347,20 @@ def test_train_and_sample_where_torch_cannot_be_imported(corpus, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("First") and len(r.stdout) >= 25
     assert not marker.exists()                                   # nothing even tried to import torch
+
+
+def test_gpu_loss_readback_names_the_diverged_step():
+    """On the GPU the trainer keeps each step's loss on the device and reads them back in one go (sync_losses,
+    every SYNC_EVERY steps and before any evaluation or save). The read-back must still name the first bad step."""
+    from types import SimpleNamespace
+
+    from tinygrad_gpt import train as T
+    run = T.Run.__new__(T.Run)
+    run.model = SimpleNamespace(device=SimpleNamespace(xp=np))
+    run.pending = [(5, np.asarray(2.0, np.float32)), (6, np.asarray(np.nan, np.float32)),
+                   (7, np.asarray(np.inf, np.float32))]
+    run.ema_loss, run.saved_step, run.out = None, 4, Path("runs/x")
+    with pytest.raises(T.TrainingDiverged, match="at step 6"):
+        run.sync_losses()
+    assert run.pending == [] and run.ema_loss == 2.0
+    run.sync_losses()                                  # nothing pending: no-op

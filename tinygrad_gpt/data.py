@@ -168,20 +168,32 @@ class BatchSampler:
     rows: a slice of each batch to return instead of all B rows. Data-parallel rank r of N passes
     slice(r * B // N, (r + 1) * B // N): every rank draws the same B window starts (B integers, the same random
     stream as one process), then keeps its own rows, so the ranks' parts are disjoint and together are exactly the
-    batch one process would train on."""
+    batch one process would train on.
 
-    def __init__(self, ids, block_size, batch_size, seed=0, rows=None):
+    xp: the array module of the device the batches are for. On the GPU (CuPy) the corpus is copied there once
+    and batches are gathered there: only the B window starts (drawn on the host, the same stream as on the CPU)
+    cross to the device each step."""
+
+    def __init__(self, ids, block_size, batch_size, seed=0, rows=None, xp=np):
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) < block_size + 1:
             raise DataError(f"{len(ids)} tokens cannot hold a window of block_size + 1 = {block_size + 1}")
         self.block_size, self.batch_size, self.rows = block_size, batch_size, rows
         self.windows = np.lib.stride_tricks.sliding_window_view(ids, block_size + 1)   # (N - T, T + 1), a view
         self.rng = np.random.default_rng(seed)
+        self.xp = xp
+        if xp is not np:
+            self.device_ids = xp.asarray(ids)                                         # (N,) on the device
+            self.offsets = xp.arange(block_size + 1)                                  # (T + 1,)
 
     def sample(self):
         ix = self.rng.integers(0, len(self.windows), size=self.batch_size)            # (B,) window starts
         if self.rows is not None:
             ix = ix[self.rows]                                                        # (B / N,) this rank's rows
+        if self.xp is not np:
+            xp = self.xp
+            w = self.device_ids[xp.asarray(ix)[:, None] + self.offsets]              # (B, T + 1) gathered there
+            return xp.ascontiguousarray(w[:, :-1]), xp.ascontiguousarray(w[:, 1:])   # (B, T), (B, T)
         w = self.windows[ix]                                                          # (B, T + 1), a copy
         return np.ascontiguousarray(w[:, :-1]), np.ascontiguousarray(w[:, 1:])       # (B, T), (B, T)
 
@@ -195,9 +207,9 @@ class BatchSampler:
         self.rng.bit_generator.state = value
 
 
-def fixed_batches(ids, block_size, batch_size, n_batches, seed, rows=None):
+def fixed_batches(ids, block_size, batch_size, n_batches, seed, rows=None, xp=np):
     """n_batches batches drawn once from their own generator: the same every evaluation, so successive
     evaluations compare like with like, and the training sampler's random stream is left alone.
     rows: as BatchSampler's (a data-parallel rank's part of each batch)."""
-    sampler = BatchSampler(ids, block_size, batch_size, seed, rows=rows)
+    sampler = BatchSampler(ids, block_size, batch_size, seed, rows=rows, xp=xp)
     return [sampler.sample() for _ in range(n_batches)]

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .backend import get_device
+from .backend import get_device, to_host
 from .data import BatchSampler, CharTokenizer, Corpus, default_prompt, fixed_batches, load_corpus
 from .model import GPT, GPTConfig
 from .optim import AdamW
@@ -64,6 +64,7 @@ DEFAULT_PRESET = "cpu"
 ARCH_FIELDS = ("block_size", "n_embd", "n_head", "n_layer", "bias", "activation")   # fixed once a run exists
 SCHEDULES = ("constant", "cosine")
 RUN_FILES = ("log.jsonl", "loss.png", "sample.txt")
+SYNC_EVERY = 25          # GPU: steps between reading the losses back to the host (one synchronisation)
 
 
 class ConfigError(ValueError):
@@ -344,7 +345,8 @@ def train(preset=None, resume=False, force=False, stop_at=None, progress=True, s
                 run.train_step()
                 if dist is not None and check_sync and run.step % check_sync == 0:
                     dist.check_sync(run.opt, run.step)
-                bar.set_postfix_str(f"loss {run.ema_loss:.4f}, {run.tokens_per_s():,.0f} tok/s", refresh=False)
+                if run.ema_loss is not None:                      # GPU: known after the first read-back
+                    bar.set_postfix_str(f"loss {run.ema_loss:.4f}, {run.tokens_per_s():,.0f} tok/s", refresh=False)
                 bar.update()
                 if run.step % tc.eval_interval == 0 or run.step == end_step:
                     run.evaluate(save=True)
@@ -448,11 +450,12 @@ class Run:
         if dist is not None:
             dist.attach(self.opt)                         # one flat gradient buffer; rank 0's parameters everywhere
             rows = dist.rows(tc.batch_size)               # this rank's rows of every (global) batch
-        self.sampler = BatchSampler(corpus.train, tc.block_size, tc.batch_size, seed=[tc.seed, 2], rows=rows)
+        xp = self.model.device.xp                         # batches are built on the model's device
+        self.sampler = BatchSampler(corpus.train, tc.block_size, tc.batch_size, seed=[tc.seed, 2], rows=rows, xp=xp)
         if ckpt:
             self.sampler.state = ckpt.meta["rng"]["batch"]
         self.eval_sets = {split: fixed_batches(corpus.split(split), tc.block_size, tc.batch_size, tc.eval_iters,
-                                               seed=[tc.seed, 3 + i], rows=rows)
+                                               seed=[tc.seed, 3 + i], rows=rows, xp=xp)
                           for i, split in enumerate(("train", "val"))}
         self.interrupt, self.stop_agreed = None, False    # train() sets interrupt; stop_agreed: data-parallel
 
@@ -461,6 +464,7 @@ class Run:
         best = ckpt.meta.get("best_val_loss") if ckpt else None
         self.best_val = math.inf if best is None else best
         self.last_val, self.ema_loss = None, None
+        self.pending = []                                 # GPU: (step, loss on the device) not yet read back
         self.elapsed0, self.t_start = float(ckpt.meta.get("elapsed_s", 0.0)) if ckpt else 0.0, time.perf_counter()
         self.interval_tokens, self.interval_time, self.session_tokens, self.session_time = 0, 0.0, 0, 0.0
 
@@ -513,19 +517,15 @@ class Run:
         return self.session_tokens / self.session_time if self.session_time else 0.0
 
     def train_step(self):
-        """One optimizer update. A NaN or infinite loss raises TrainingDiverged before any parameter changes."""
+        """One optimizer update. A NaN or infinite loss raises TrainingDiverged before any parameter changes (on the
+        GPU: at the next read-back of the losses, before any evaluation or checkpoint; see sync_losses)."""
         t0 = time.perf_counter()
         self.opt.set_lr(self.tc.lr_at(self.step))
         x, y = self.sampler.sample()                                  # (B, T), (B, T); data-parallel (B / N, T)
         _, loss = self.model(x, y)
-        value = loss.item()
-        if self.dist is None:
-            if not math.isfinite(value):
-                raise TrainingDiverged(self._diverged(value, self.step + 1, "training"))
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-        else:
+        value = None
+        if self.dist is not None:
+            value = loss.item()
             self.opt.zero_grad()
             loss.backward()
 
@@ -536,17 +536,53 @@ class Run:
                 if not math.isfinite(value):  # every rank sees the same mean: all stop here, parameters untouched
                     raise distributed.all_ranks(TrainingDiverged(self._diverged(value, self.step + 1, "training")))
             self.opt.step(grad_hook=average)
+        elif self.model.device.xp is not np:
+            # GPU: no host synchronisation inside a step; the losses are read back every SYNC_EVERY steps and before
+            # any evaluation or checkpoint (sync_losses), which is also where a NaN is caught, naming its step
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            self.pending.append((self.step + 1, loss.data))
+        else:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(self._diverged(value, self.step + 1, "training"))
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
         self.step += 1
         dt, tokens = time.perf_counter() - t0, self.tc.batch_size * self.tc.block_size
         self.interval_tokens += tokens
         self.interval_time += dt
         self.session_tokens += tokens
         self.session_time += dt
-        self.ema_loss = value if self.ema_loss is None else 0.9 * self.ema_loss + 0.1 * value
+        if value is None:
+            if len(self.pending) >= SYNC_EVERY:
+                self.sync_losses()
+        else:
+            self._track(value)
         return value
+
+    def _track(self, value):
+        self.ema_loss = value if self.ema_loss is None else 0.9 * self.ema_loss + 0.1 * value
+
+    def sync_losses(self):
+        """GPU: read back the losses of the steps since the last read (one synchronisation); a NaN or infinite one
+        raises TrainingDiverged naming its step (nothing has been saved since it)."""
+        if not self.pending:
+            return
+        xp = self.model.device.xp
+        values = to_host(xp.stack([v for _, v in self.pending])).tolist()
+        steps = [s for s, _ in self.pending]
+        self.pending = []
+        for step, value in zip(steps, values):
+            if not math.isfinite(value):
+                raise TrainingDiverged(self._diverged(value, step, "training"))
+            self._track(value)
 
     def evaluate(self, save=False):
         """Losses on the fixed batches -> log line, plot, and (save=True) last/ and, if better, best/."""
+        self.sync_losses()
         losses = [evaluate(self.model, self.eval_sets[split]) for split in ("train", "val")]
         if self.dist is not None:
             losses = self.dist.mean(losses)                           # each rank evaluated its rows of each batch
@@ -579,6 +615,7 @@ class Run:
         return rec
 
     def save(self, name):
+        self.sync_losses()                                # never save past a diverged step
         rng = {"model": self.model.rng.bit_generator.state, "batch": self.sampler.state}
         if self.dist is not None:             # every rank's dropout generator (a collective: all ranks save)
             states = self.dist.gather(rng["model"])
