@@ -281,3 +281,14 @@ def test_import_tinygrad_gpt():
         assert hasattr(tinygrad_gpt, name), name
     assert tinygrad_gpt.gradcheck(lambda a: a.exp(), [np.array([0.5])])
 
+
+
+def test_tune_host_allocator_is_idempotent_and_harmless():
+    """The trainer's glibc tuning (backend.tune_host_allocator) can be called again and leaves arithmetic alone."""
+    import subprocess
+    import sys
+    code = ("import numpy as np; from tinygrad_gpt.backend import tune_host_allocator as t; a = t(); b = t(); "
+            "x = np.ones((2048, 2048), np.float32); del x; y = np.full((3000, 1000), 2.0, np.float32); "
+            "print(a == b, float(y.sum()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "6000000.0"]

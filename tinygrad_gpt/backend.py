@@ -4,6 +4,9 @@
 machine without CuPy or without a GPU; asking for `cuda` there raises one clear `DeviceError`.
 Code above this file never imports numpy-or-cupy by itself for array work: it asks a tensor for `t.xp`.
 """
+import ctypes
+import sys
+
 import numpy as np
 
 
@@ -98,3 +101,29 @@ def cuda_available():
         return True
     except DeviceError:
         return False
+
+
+_allocator_tuned = False
+
+
+def tune_host_allocator():
+    """Make glibc keep freed large blocks for reuse instead of unmapping them (mallopt: no mmap threshold, no trim).
+
+    A training step allocates and frees the same large temporaries every step; by default glibc serves each one with a
+    fresh mmap, and the kernel then zero-fills every page on first touch. Measured on the lecture config (B=64, T=256,
+    C=384): 14.6 s per step without, 8.7 s with. The cost: freed memory stays with the process (its resident size
+    stays at the step's peak). Process-wide, so it is an application's choice: the trainer and the benchmarks call it;
+    a library user may. No effect off Linux/glibc. Returns True when applied."""
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3                  # glibc's malloc.h
+        _allocator_tuned = bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and \
+            bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
+    except (OSError, AttributeError):
+        _allocator_tuned = False
+    return _allocator_tuned

@@ -39,7 +39,7 @@ import tracemalloc
 import numpy as np
 
 from . import functional as F
-from .backend import cuda_available, get_device
+from .backend import cuda_available, get_device, tune_host_allocator
 from .model import GPT, GPTConfig, count_parameters
 from .optim import AdamW
 from .tensor import Tensor, no_grad
@@ -563,6 +563,8 @@ def markdown(results):
     if blas:
         L.append("BLAS: " + ", ".join(f"{p['internal_api']} {p['version']} ({p.get('architecture')}, "
                                       f"{p['num_threads']} threads)" for p in blas))
+    L.append(f"glibc malloc tuned (tinygrad_gpt.backend.tune_host_allocator, for every engine of the run): "
+             f"{'yes' if meta.get('host_allocator_tuned') else 'no'}")
     L.append("")
     L.append("Times are medians over the repeats after warm-up; the spread is the interquartile range (q1-q3). "
              "Engines are timed interleaved (each repeat runs every engine once, in rotating order), so the ratios "
@@ -775,6 +777,7 @@ def schedule(bc, args):
 
 
 def memory_probe_main(engine, bc, threads, make_engine):
+    tune_host_allocator()                                          # as in the timed run
     """Body of a fresh `--memory-probe` process: one RSS measure of one engine's step, printed as a JSON line."""
     with pinned_threads(threads):
         e = make_engine(bc)
@@ -807,6 +810,9 @@ def run_suite(args, factories, extra_meta=None, sampling_extra=None, rss_cmd=Non
                         "machine": machine_info(), "configs": args.configs, "argv": sys.argv[1:]},
                "configs": {}, "skipped": []}
     results["meta"].update(extra_meta or {})
+    # as the trainer does: large freed blocks stay in the heap (no page faults per step); process-wide, so every
+    # engine of the run, torch included, gets the same allocator
+    results["meta"]["host_allocator_tuned"] = tune_host_allocator()
     m = results["meta"]["machine"]
     if m.get("loadavg_at_start") and m["loadavg_at_start"][0] > 0.5 * m.get("usable_cpus", m["cpu_count"] or 1):
         results["meta"]["busy"] = (
