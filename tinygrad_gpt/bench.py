@@ -777,7 +777,7 @@ def schedule(bc, args):
 
 
 def memory_probe_main(engine, bc, threads, make_engine):
-    tune_host_allocator()                                          # as in the timed run
+    # no tune_host_allocator() here: the probe's MALLOC_MMAP_THRESHOLD_ makes the resident set follow the allocations
     """Body of a fresh `--memory-probe` process: one RSS measure of one engine's step, printed as a JSON line."""
     with pinned_threads(threads):
         e = make_engine(bc)
