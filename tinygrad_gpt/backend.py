@@ -78,6 +78,14 @@ def device_of(array):
     return CPU
 
 
+def array_module(array):
+    """NumPy for a NumPy array, else CuPy (the only other backend): for code that holds arrays, not tensors."""
+    if isinstance(array, np.ndarray):
+        return np
+    import cupy
+    return cupy
+
+
 def to_host(array):
     """A NumPy array with the same contents (no copy for NumPy input)."""
     if isinstance(array, np.ndarray):

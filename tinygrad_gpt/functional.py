@@ -11,11 +11,11 @@ V vocabulary, Tk keys (t, or cache length when decoding).
 import numpy as np
 
 from . import kernels  # numba.cuda twins of the *_forward/*_backward below, for CuPy arrays (loaded on first use)
+from .backend import array_module
 from .tensor import Tensor
 
 
-def _xp(a):
-    return np if isinstance(a, np.ndarray) else __import__("cupy")
+_xp = array_module
 
 
 # ---- linear ------------------------------------------------------------------------------------------------------

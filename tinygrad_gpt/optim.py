@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from . import kernels  # the numba.cuda twin of _update, for CuPy arrays (loaded on first use)
-from .backend import to_device, to_host
+from .backend import array_module, to_device, to_host
 
 
 class _Group:
@@ -186,7 +186,7 @@ def _clip_arrays(grads, max_norm):
     On the GPU everything stays on the device (no synchronisation): the norm comes back as a 0-d device array."""
     if not grads:
         return 0.0
-    xp = np if isinstance(grads[0], np.ndarray) else __import__("cupy")
+    xp = array_module(grads[0])
     total = xp.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads))   # 0-d
     coef = xp.minimum(1.0, max_norm / (total + 1e-6))
     for g in grads:
