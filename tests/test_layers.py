@@ -132,12 +132,7 @@ def test_layer_norm(dtype, C, bias, lead, seed):
     if dtype == np.float32:
         C = max(C, 4)                                               # see the module docstring
     rng = np.random.default_rng(seed)
-    ours = LayerNorm(C, bias=bias, dtype=dtype)
-    ref = torch.nn.LayerNorm(C, eps=1e-5, bias=bias, dtype=torch_dtype(dtype))
-    with torch.no_grad():
-        for name, p in named_params(ours).items():
-            p.data[...] = (rng.standard_normal(C) + (name == "weight")).astype(dtype)
-            named_params(ref)[name].copy_(torch.from_numpy(p.data))
+    ours, ref = ln_pair(C, dtype, rng, bias=bias)
     x = x_input(rng, lead + (C,), dtype) * 3 + 1                     # non-zero mean, non-unit variance
     errors = compare(ours, ref, [x], named_params(ours), named_params(ref), seed=seed)
     check("LayerNorm", dtype, errors, red_layer_norm(C, max(1, x.size // C)), 8)

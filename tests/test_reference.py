@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from model_helpers import RecordingMasks
 from reference import (GPT, Dropout, GPTConfig, count_parameters, from_numpy_state_dict, load_safetensors,
                        make_adamw, numpy_state_dict)
 
@@ -102,18 +103,6 @@ def spec_forward(cfg, sd, idx, targets=None, masks=None, p=0.0):
         lse = (m + np.log(np.exp(z - m).sum(-1, keepdims=True)))[:, 0]
         loss = np.mean(lse - z[np.arange(B * t), targets.reshape(-1)])
     return logits, loss
-
-
-class RecordingMasks:
-    """A mask source that draws masks from a seeded NumPy generator and remembers them (and their shapes)."""
-
-    def __init__(self, p, seed=0):
-        self.p, self.rng, self.masks = p, np.random.default_rng(seed), []
-
-    def __call__(self, shape):
-        m = self.rng.random(shape) >= self.p
-        self.masks.append(m)
-        return m
 
 
 def rand_idx(cfg, B, t, seed=0):
