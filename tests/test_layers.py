@@ -18,6 +18,7 @@ its condition number.
 
 Dimension names: B batch, t sequence length, C n_embd, H n_head, hs head size, V vocab, N = B * t rows.
 """
+import contextlib
 import numpy as np
 import pytest
 import torch
@@ -138,9 +139,24 @@ def test_layer_norm(dtype, C, bias, lead, seed):
     check("LayerNorm", dtype, errors, red_layer_norm(C, max(1, x.size // C)), 8)
 
 
+@contextlib.contextmanager
+def score_blocks(n):
+    """Run the CPU attention in blocks of about n scores (None: the default, one block for these small shapes; 1:
+    one batch row per block, 8 queries per block, spread over the threads), so the single-block path and the blocked,
+    threaded one both meet the oracle."""
+    saved = F._BLOCK_SCORES, F._QUERY_BLOCK, F._PARALLEL_SCORES
+    if n is not None:
+        F._BLOCK_SCORES, F._QUERY_BLOCK, F._PARALLEL_SCORES = n, 8, 0
+    try:
+        yield
+    finally:
+        F._BLOCK_SCORES, F._QUERY_BLOCK, F._PARALLEL_SCORES = saved
+
+
+@pytest.mark.parametrize("blocks", [None, 1])
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(data=st.data())
-def test_attention_core_against_torch_sdpa(dtype, data):
+def test_attention_core_against_torch_sdpa(dtype, blocks, data):
     """F.self_attention(qkv, H) against torch's own scaled_dot_product_attention(is_causal=True): an oracle
     independent of the reference's hand-written attention (scale 1/sqrt(hs), head j = columns j*hs:(j+1)*hs)."""
     cfg, B, t, seed = data.draw(cases(dtype))
@@ -153,12 +169,14 @@ def test_attention_core_against_torch_sdpa(dtype, data):
         return y.transpose(1, 2).reshape(B, t, C)
 
     qkv = x_input(np.random.default_rng(seed), (B, t, 3 * C), dtype) * 2
-    errors = compare(lambda a: F.self_attention(a, H), torch_core, [qkv], seed=seed)
+    with score_blocks(blocks):
+        errors = compare(lambda a: F.self_attention(a, H), torch_core, [qkv], seed=seed)
     check("attention core", dtype, errors, red_attention_core(t, hs), 10)
 
 
+@pytest.mark.parametrize("blocks", [None, 1])
 @given(data=st.data(), p=st.floats(0.05, 0.9))
-def test_attention_core_with_keep_mask(data, p):
+def test_attention_core_with_keep_mask(blocks, data, p):
     """The attention core with a dropout keep-mask on the attention weights: A = softmax(S) * M / (1 - p)."""
     cfg, B, t, seed = data.draw(cases(np.float64))
     C, H = cfg["n_embd"], cfg["n_head"]
@@ -173,7 +191,8 @@ def test_attention_core_with_keep_mask(data, p):
         return (a @ v).transpose(1, 2).reshape(B, t, C)
 
     qkv = x_input(np.random.default_rng(seed), (B, t, 3 * C), np.float64) * 2
-    errors = compare(lambda a: F.self_attention(a, H, keep, p), torch_core, [qkv], seed=seed)
+    with score_blocks(blocks):
+        errors = compare(lambda a: F.self_attention(a, H, keep, p), torch_core, [qkv], seed=seed)
     check("attention core + mask", np.float64, errors, red_attention_core(t, hs), 12)
 
 

@@ -10,6 +10,7 @@ V vocabulary, Tk keys (t, or cache length when decoding).
 """
 import numpy as np
 
+from . import parallel
 from . import kernels  # numba.cuda twins of the *_forward/*_backward below, for CuPy arrays (loaded on first use)
 from .backend import array_module
 from .tensor import Tensor
@@ -145,46 +146,125 @@ def causal_bias(t, tk, dtype, xp=np):
     return m
 
 
-def attention_forward(q, k, v, keep=None, p=0.0):
+# The CPU attention runs in blocks of (batch rows, query rows). A block holds about _BLOCK_SCORES scores (1 MiB of
+# float32), so its softmax runs in the L2 cache (4 MiB per core here) instead of making ~10 passes over a (B, H, t, Tk)
+# array in main memory; a block of queries i0:i1 only computes the keys it can see (0 : Tk - t + i1), which skips much
+# of the masked half of the scores; and the groups of batch rows run on parallel.map's threads.
+_BLOCK_SCORES = 1 << 18
+_QUERY_BLOCK = 64
+_PARALLEL_SCORES = 1 << 17        # below this many scores in all, one group (threads would cost more than they save)
+
+
+def _attention_blocks(xp, b, h, t, tk):
+    """[(b0, b1, [(i0, i1, kn), ...])]: groups of batch rows b0:b1 (the units spread over threads), each with its
+    query blocks: queries i0:i1 see keys 0:kn. The block of the last queries (which sees every key) comes first: the
+    backward writes dk, dv there and adds the other blocks' parts."""
+    if xp is not np:
+        return [(0, b, [(0, t, tk)])]                               # one block on the GPU
+    qb = min(t, _QUERY_BLOCK)
+    queries = [(max(0, i1 - qb), i1, tk - t + i1) for i1 in range(t, 0, -qb)]
+    step = max(1, _BLOCK_SCORES // (h * qb * tk))
+    if b * h * t * tk >= _PARALLEL_SCORES:
+        step = min(step, -(-b // parallel.num_threads()))
+    return [(b0, min(b0 + step, b), queries) for b0 in range(0, b, step)]
+
+
+def _scores(q, k, scale, xp):
+    """S = (q / sqrt(hs)) k^T + causal bias for one block: q (G, H, n, hs) the last n of the keys' positions,
+    k (G, H, kn, hs) -> (G, H, n, kn), masked entries -inf."""
+    s = (q * scale) @ k.swapaxes(-1, -2)
+    s += causal_bias(q.shape[-2], k.shape[-2], s.dtype, xp)
+    return s
+
+
+def attention_forward(q, k, v, keep=None, p=0.0, out=None):
     """Scaled masked softmax attention. q (B, H, t, hs); k, v (B, H, Tk, hs) with Tk >= t (queries are the last t
-    positions). keep: optional dropout keep-mask (B, H, t, Tk). Returns y (B, H, t, hs) and the backward cache."""
+    positions); any strides with unit last stride (views into a (B, t, 3C) qkv array work, no copies). keep: optional
+    boolean dropout keep-mask (B, H, t, Tk). out: optional (B, H, t, hs) array (or view) to write y into.
+    Returns y and the backward cache.
+
+    On the CPU it runs in blocks (see _attention_blocks) and keeps only the row max m and the row sum l of exp(S - m):
+    the backward recomputes P = exp(S - m) / l from q and k, bit for bit, instead of reading back a stored
+    (B, H, t, Tk) array (as flash attention does on GPUs; it is cheaper here as well)."""
     xp = _xp(q)
     if xp is not np and kernels.enabled():
-        return kernels.attention_forward(q, k, v, keep, p)
-    t, hs, tk = q.shape[-2], q.shape[-1], k.shape[-2]
-    scale = float(hs) ** -0.5
-    s = (q * scale) @ k.swapaxes(-1, -2)                           # (B, H, t, Tk)  S = q k^T / sqrt(hs)
-    s += causal_bias(t, tk, s.dtype, xp)                           # masked -> -inf
-    s -= s.max(axis=-1, keepdims=True)                             # stable softmax (row max is finite: j = i kept)
-    xp.exp(s, out=s)
-    s /= s.sum(axis=-1, keepdims=True)                             # P (B, H, t, Tk); masked entries exactly 0
-    a = s
-    if keep is not None:
-        keep = keep_scale(keep, p, s.dtype)                        # M / (1 - p), in s's dtype
-        a = s * keep                                               # A = P * M / (1 - p)
-    y = a @ v                                                      # (B, H, t, hs)  Y = A v
-    return y, (q, k, v, s, a, keep, scale)
+        y, cache = kernels.attention_forward(q, k, v, keep, p)
+        if out is not None:
+            out[...] = y
+        return (y if out is None else out), cache
+    b, h, t, hs = q.shape
+    scale = q.dtype.type(hs ** -0.5)                               # a NumPy scalar: stays in q's dtype
+    y = xp.empty(q.shape, q.dtype) if out is None else out         # (B, H, t, hs)
+    m = xp.empty((b, h, t, 1), q.dtype)
+    l = xp.empty((b, h, t, 1), q.dtype)
+
+    def group(blocks):
+        b0, b1, queries = blocks
+        for i0, i1, kn in queries:
+            rows, keys = (slice(b0, b1), slice(None), slice(i0, i1)), (slice(b0, b1), slice(None), slice(0, kn))
+            s = _scores(q[rows], k[keys], scale, xp)               # (G, H, n, kn) S
+            m[rows] = s.max(axis=-1, keepdims=True)                # row max: finite (key j = i is always visible)
+            s -= m[rows]
+            xp.exp(s, out=s)
+            l[rows] = s.sum(axis=-1, keepdims=True)
+            s /= l[rows]                                           # P = exp(S - m) / l; masked entries exactly 0
+            if keep is not None:
+                s *= keep[rows + (slice(0, kn),)]
+                s *= q.dtype.type(1.0 / (1.0 - p))                 # A = P * M / (1 - p)
+            xp.matmul(s, v[keys], out=y[rows])                     # Y = A v
+    parallel.parallel_map(group, _attention_blocks(xp, b, h, t, k.shape[-2]))
+    return y, (q, k, v, m, l, keep, p, y)
 
 
-def attention_backward(dy, cache):
+def attention_backward(dy, cache, out=None):
+    """-> dq, dk, dv (written into `out` = (dq, dk, dv) arrays or views when given)."""
     if _xp(dy) is not np and kernels.enabled():
-        return kernels.attention_backward(dy, cache)
-    q, k, v, prob, a, keep, scale = cache
-    dv = a.swapaxes(-1, -2) @ dy                                   # dV = A^T dY          (B, H, Tk, hs)
-    dp = dy @ v.swapaxes(-1, -2)                                   # dA = dY V^T          (B, H, t, Tk)
-    if keep is not None:
-        dp *= keep                                                 # dP = dA * M / (1 - p)
-    # dS = P * (dP - sum_j dP * P); masked entries have P = 0, so their gradient is exactly 0
-    ds = dp
-    ds -= (dp * prob).sum(axis=-1, keepdims=True)
-    ds *= prob
-    dq = (ds @ k) * scale                                          # dQ = dS K / sqrt(hs)  (B, H, t, hs)
-    dk = (ds.swapaxes(-1, -2) @ q) * scale                         # dK = dS^T Q / sqrt(hs) (B, H, Tk, hs)
+        grads = kernels.attention_backward(dy, cache)
+        if out is not None:
+            for o, g in zip(out, grads):
+                o[...] = g
+        return grads if out is None else out
+    q, k, v, m, l, keep, p, y = cache
+    xp = _xp(dy)
+    b, h, t, hs = q.shape
+    scale = q.dtype.type(hs ** -0.5)
+    dq, dk, dv = out if out is not None else (xp.empty(a.shape, a.dtype) for a in (q, k, v))
+
+    def group(blocks):
+        b0, b1, queries = blocks
+        # D_i = sum_j dP_ij P_ij = sum_j dA_ij A_ij = sum_d dY_id Y_id  (dA = dY V^T, Y = A V): (G, H, t, 1)
+        d = xp.einsum("bhtd,bhtd->bht", dy[b0:b1], y[b0:b1])[..., None]
+        for i0, i1, kn in queries:
+            rows, keys = (slice(b0, b1), slice(None), slice(i0, i1)), (slice(b0, b1), slice(None), slice(0, kn))
+            prob = _scores(q[rows], k[keys], scale, xp)            # recompute S, then P exactly as the forward did
+            prob -= m[rows]
+            xp.exp(prob, out=prob)
+            prob /= l[rows]
+            dp = dy[rows] @ v[keys].swapaxes(-1, -2)               # dA = dY V^T          (G, H, n, kn)
+            a = prob
+            if keep is not None:
+                mask, ks = keep[rows + (slice(0, kn),)], q.dtype.type(1.0 / (1.0 - p))
+                a = prob * mask
+                a *= ks                                            # A = P * M / (1 - p)
+                dp *= mask
+                dp *= ks                                           # dP = dA * M / (1 - p)
+            # dS = P * (dP - D); masked entries have P = 0, so their gradient is exactly 0; 1/sqrt(hs) folded in
+            dp -= d[:, :, i0:i1]
+            dp *= prob
+            dp *= scale
+            xp.matmul(dp, k[keys], out=dq[rows])                   # dQ = dS K / sqrt(hs)   (G, H, n, hs)
+            if i1 == t:                                            # the first block: it sees every key
+                xp.matmul(a.swapaxes(-1, -2), dy[rows], out=dv[keys])   # dV = A^T dY   (G, H, kn, hs)
+                xp.matmul(dp.swapaxes(-1, -2), q[rows], out=dk[keys])   # dK = dS^T Q / sqrt(hs)
+            else:                                                  # earlier queries add to the keys they see
+                dv[keys] += a.swapaxes(-1, -2) @ dy[rows]
+                dk[keys] += dp.swapaxes(-1, -2) @ q[rows]
+    parallel.parallel_map(group, _attention_blocks(xp, b, h, t, k.shape[-2]))
     return dq, dk, dv
 
 
 def split_heads(qkv, n_head):
-    """(B, t, 3C) -> q, k, v each (B, H, t, hs): rows [0:C] of W_qkv are q, [C:2C] k, [2C:3C] v."""
+    """(B, t, 3C) -> q, k, v each (B, H, t, hs) views: rows [0:C] of W_qkv are q, [C:2C] k, [2C:3C] v."""
     b, t, c3 = qkv.shape
     hs = c3 // (3 * n_head)
     x = qkv.reshape(b, t, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, H, t, hs)
@@ -198,20 +278,25 @@ def merge_heads(y):
 
 
 def self_attention(qkv, n_head, keep=None, p=0.0):
-    """The attention core as one node: qkv (B, t, 3C) -> y (B, t, C), all heads at once."""
+    """The attention core as one node: qkv (B, t, 3C) -> y (B, t, C), all heads at once. On the CPU q, k, v are read
+    as views of qkv, y is written straight into its (B, t, C) layout and dq, dk, dv into one (B, t, 3C) gradient."""
     xp = qkv.xp
     b, t, c3 = qkv.shape
-    q, k, v = (xp.ascontiguousarray(a) for a in split_heads(qkv.data, n_head))   # (B, H, t, hs) each
-    y, cache = attention_forward(q, k, v, keep, p)
-    out = merge_heads(y)                                           # (B, t, C)
+    c = c3 // 3
+    hs = c // n_head
+    gpu_kernels = xp is not np and kernels.enabled()               # the kernels want contiguous q, k, v
+    q, k, v = split_heads(qkv.data, n_head)                        # (B, H, t, hs) views
+    if gpu_kernels:
+        q, k, v = (xp.ascontiguousarray(a) for a in (q, k, v))
+    out = xp.empty((b, t, n_head, hs), qkv.dtype)                  # y in its merged layout
+    _, cache = attention_forward(q, k, v, keep, p, out=out.transpose(0, 2, 1, 3))
 
     def backward(g):
-        hs = c3 // (3 * n_head)
-        dy = xp.ascontiguousarray(g.reshape(b, t, n_head, hs).transpose(0, 2, 1, 3))   # (B, H, t, hs)
-        dq, dk, dv = attention_backward(dy, cache)
-        dqkv = xp.stack((dq, dk, dv))                              # (3, B, H, t, hs)
-        return (dqkv.transpose(1, 3, 0, 2, 4).reshape(b, t, c3),)  # (B, t, 3C)
-    return Tensor._make(out, (qkv,), backward, "self_attention")
+        dy = g.reshape(b, t, n_head, hs).transpose(0, 2, 1, 3)     # (B, H, t, hs) view
+        dqkv = xp.empty((b, t, c3), g.dtype)
+        attention_backward(xp.ascontiguousarray(dy) if gpu_kernels else dy, cache, out=split_heads(dqkv, n_head))
+        return (dqkv,)
+    return Tensor._make(out.reshape(b, t, c), (qkv,), backward, "self_attention")
 
 
 # ---- dropout -----------------------------------------------------------------------------------------------------
