@@ -395,3 +395,24 @@ def test_cross_entropy_on_huge_logits(dtype, V, N, seed):
     fwd, grad = ce_condition(logits, targets, dtype)
     tol = TOL64_FWD if dtype == np.float64 else f32_tol(red_cross_entropy(V, N), 6)
     assert_errors(errors, tol * fwd, tol * grad, "cross-entropy on logits of +-1e4")
+
+
+@pytest.mark.parametrize("path", ["one-hot matmul", "sort + reduceat"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scatter_rows_both_paths_match_add_at(path, dtype, monkeypatch):
+    """The embedding's dW: a one-hot matmul for small tables, sort + reduceat above _ONE_HOT_MAX; both equal
+    np.add.at (repeated rows, unused rows exactly 0) up to summation order."""
+    if path == "sort + reduceat":
+        monkeypatch.setattr(F, "_ONE_HOT_MAX", 0)
+    rng = np.random.default_rng(7)
+    idx = rng.integers(0, 30, (6, 50))
+    idx[idx == 3] = 4                                                # row 3 unused: its gradient must be exactly 0
+    g = rng.standard_normal((6, 50, 8)).astype(dtype)
+    want = np.zeros((40, 8), dtype)
+    np.add.at(want, idx.reshape(-1), g.reshape(-1, 8))
+    got = F.scatter_rows(idx, g, 40)
+    assert got.dtype == dtype and got.shape == (40, 8)
+    assert np.all(got[3] == 0) and np.all(got[30:] == 0)
+    # each row sums at most 300 terms of |g| <= ~5: float rounding bound 300 u * sum|g|, here taken per element
+    bound = 300 * np.finfo(dtype).eps * np.abs(g).sum()
+    assert np.abs(got - want).max() <= bound

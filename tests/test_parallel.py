@@ -57,3 +57,43 @@ def test_threaded_attention_is_bitwise_the_serial_one(monkeypatch):
     serial = run()
     for a, b in zip(threaded, serial):
         assert np.array_equal(a, b)
+
+
+def _gpt_step(dtype, seed=0):
+    """Loss and every gradient of one training step of a small GPT with dropout (float `dtype`)."""
+    from tinygrad_gpt.model import GPT, GPTConfig
+    cfg = GPTConfig(vocab_size=17, block_size=24, n_embd=32, n_head=4, n_layer=2, dropout=0.2)
+    model = GPT(cfg, seed=seed, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    x, y = rng.integers(0, 17, (6, 24)), rng.integers(0, 17, (6, 24))
+    _, loss = model(Tensor(x), Tensor(y))
+    loss.backward()
+    return [loss.numpy()] + [p.grad for p in model.parameters()]
+
+
+def _force_blocks(monkeypatch):
+    """Every blocked layer in many small blocks, spread over the threads, whatever the size."""
+    for name, value in (("_BLOCK_SCORES", 1), ("_QUERY_BLOCK", 8), ("_PARALLEL_SCORES", 0), ("_BLOCK_ELEMS", 64),
+                        ("_PARALLEL_ELEMS", 0)):
+        monkeypatch.setattr(F, name, value)
+
+
+def test_blocked_threaded_model_step_matches_the_one_block_step(monkeypatch):
+    """A whole GPT step (LayerNorm, fused linear+ReLU, attention, dropout) in small blocks on threads gives the
+    one-block result: float64, up to summation order (LayerNorm's dw adds per-block partial sums)."""
+    whole = _gpt_step(np.float64)
+    _force_blocks(monkeypatch)
+    blocked = _gpt_step(np.float64)
+    for a, b in zip(whole, blocked):
+        scale = max(1.0, float(np.abs(a).max()))
+        assert np.abs(a - b).max() <= 1e-13 * scale
+
+
+def test_threads_change_no_bits_of_a_model_step(monkeypatch):
+    """The same blocks on threads or in a plain loop: the same bits (float32, the training dtype)."""
+    _force_blocks(monkeypatch)
+    threaded = _gpt_step(np.float32)
+    monkeypatch.setattr(parallel, "num_threads", lambda: 1)
+    serial = _gpt_step(np.float32)
+    for a, b in zip(threaded, serial):
+        assert np.array_equal(a, b)

@@ -19,36 +19,75 @@ from .tensor import Tensor
 _xp = array_module
 
 
+# Row blocks for the CPU's memory-bound passes (bias, ReLU, LayerNorm): a block of _BLOCK_ELEMS elements (512 KiB of
+# float32) stays in the L2 cache through all of a layer's passes, and the blocks run on parallel_map's threads once the
+# layer has at least _PARALLEL_ELEMS elements (below that, one block on the calling thread: threads cost more there).
+_BLOCK_ELEMS = 1 << 17
+_PARALLEL_ELEMS = 1 << 18
+
+
+def _row_blocks(xp, n, c):
+    """[(r0, r1)] covering rows 0:n of an (n, c) array."""
+    if xp is not np or n * c < _PARALLEL_ELEMS:
+        return [(0, n)]
+    step = max(1, _BLOCK_ELEMS // c)
+    return [(r, min(r + step, n)) for r in range(0, n, step)]
+
+
 # ---- linear ------------------------------------------------------------------------------------------------------
 
-def linear(x, weight, bias=None):
-    """y = x @ W.T + b over the last axis, as 2-D matmuls (the shape BLAS is fastest at). W is (out, in)."""
+def linear(x, weight, bias=None, relu=False):
+    """y = x @ W.T + b over the last axis, as 2-D matmuls (the shape BLAS is fastest at). W is (out, in).
+    relu=True fuses the MLP's ReLU: y = max(x @ W.T + b, 0) in place, and the backward masks the gradient by y > 0
+    (the output is kept anyway, as the next layer's input). Bias, ReLU and mask run in row blocks on the CPU's threads."""
+    xp = x.xp
     lead, c_in = x.shape[:-1], x.shape[-1]
     x2 = x.data.reshape(-1, c_in)                                  # (N, in)
     w = weight.data
+    b = None if bias is None else bias.data
     y = x2 @ w.T                                                   # (N, out)
-    if bias is not None:
-        y += bias.data
-    y = y.reshape(lead + (w.shape[0],))                            # (..., out)
+    if b is not None or relu:
+        def block(rows):
+            r = slice(*rows)
+            if b is not None:
+                y[r] += b
+            if relu:
+                xp.maximum(y[r], 0, out=y[r])
+        parallel.parallel_map(block, _row_blocks(xp, *y.shape))
 
     def backward(g):
         g2 = g.reshape(-1, w.shape[0])                             # (N, out)
+        if relu:
+            masked = xp.empty(g2.shape, g2.dtype)
+
+            def block(rows):
+                r = slice(*rows)
+                xp.multiply(g2[r], y[r] > 0, out=masked[r])        # dL/d(pre-activation) = g * [y > 0]
+            parallel.parallel_map(block, _row_blocks(xp, *g2.shape))
+            g2 = masked
         dx = (g2 @ w).reshape(lead + (c_in,))                      # dL/dx = g W
         dw = g2.T @ x2                                             # dL/dW = g^T x   (out, in)
         if bias is None:
             return dx, dw
-        return dx, dw, g2.sum(axis=0)                              # dL/db = sum over rows of g
+        return dx, dw, xp.ones(g2.shape[0], g2.dtype) @ g2         # dL/db = sum over rows of g (a BLAS GEMV)
     parents = (x, weight) if bias is None else (x, weight, bias)
-    return Tensor._make(y, parents, backward, "linear")
+    return Tensor._make(y.reshape(lead + (w.shape[0],)), parents, backward, "linear_relu" if relu else "linear")
 
 
 # ---- embeddings --------------------------------------------------------------------------------------------------
 
+_ONE_HOT_MAX = 1 << 24             # one-hot matrices up to this many entries (64 MiB of float32)
+
+
 def scatter_rows(idx, g, n_rows):
-    """dW for W[idx]: row r of the result sums the rows of g where idx == r (no np.add.at: sort + reduceat)."""
+    """dW for W[idx]: row r of the result sums the rows of g where idx == r. No np.add.at (a slow scalar loop): for
+    a small table (a char vocabulary) it is one-hot(idx)^T @ g, a matmul; else sort + reduceat."""
     xp = _xp(g)
     flat = idx.reshape(-1)                                         # (N,)
     g2 = g.reshape(flat.shape[0], -1)                              # (N, C)
+    if n_rows * flat.shape[0] <= _ONE_HOT_MAX:
+        one_hot_t = (xp.arange(n_rows)[:, None] == flat[None, :]).astype(g.dtype)   # (V, N): [r == idx[n]]
+        return one_hot_t @ g2                                      # (V, C)
     out = xp.zeros((n_rows, g2.shape[1]), dtype=g.dtype)           # (V, C)
     if xp is np:
         order = np.argsort(flat, kind="stable")
@@ -82,39 +121,60 @@ def embedding(idx, tok_emb, pos_emb):
 # ---- LayerNorm (docs/derivations.md#layernorm) --------------------------------------------------------------------
 
 def layer_norm_forward(x, w, b, eps=1e-5):
-    """x (..., C) -> y = (x - mean) / sqrt(var + eps) * w + b, biased variance."""
+    """x (..., C) -> y = (x - mean) / sqrt(var + eps) * w + b, biased variance. Row means are matrix-vector products
+    (BLAS reads a row block once, faster than NumPy's reduction), in row blocks on the CPU's threads."""
     xp = _xp(x)
     if xp is not np and kernels.enabled():
         return kernels.layer_norm_forward(x, w, b, eps)
-    mu = x.mean(axis=-1, keepdims=True)                            # (..., 1)
-    xc = x - mu                                                    # (..., C)
-    var = (xc * xc).mean(axis=-1, keepdims=True)                   # (..., 1) biased
-    rstd = 1.0 / xp.sqrt(var + eps)                                # (..., 1)
-    xhat = xc
-    xhat *= rstd                                                   # (..., C) in place: xc is not needed again
-    y = xhat * w
-    if b is not None:
-        y += b
-    return y, (xhat, rstd, w)
+    c = x.shape[-1]
+    x2 = x.reshape(-1, c)                                          # (N, C)
+    xhat = xp.empty(x2.shape, x.dtype)                             # (N, C)
+    y = xp.empty(x2.shape, x.dtype)
+    rstd = xp.empty((x2.shape[0], 1), x.dtype)                     # (N, 1)
+    mean_weights = xp.full(c, 1.0 / c, dtype=x.dtype)              # x @ mean_weights: row means
+
+    def block(rows):
+        r = slice(*rows)
+        xc = xp.subtract(x2[r], (x2[r] @ mean_weights)[:, None], out=xhat[r])      # x - mean
+        var = xp.einsum("ij,ij->i", xc, xc)[:, None] * x.dtype.type(1.0 / c)      # biased variance (n, 1)
+        rstd[r] = 1.0 / xp.sqrt(var + eps)
+        xc *= rstd[r]                                              # xhat
+        xp.multiply(xc, w, out=y[r])
+        if b is not None:
+            y[r] += b
+    parallel.parallel_map(block, _row_blocks(xp, *x2.shape))
+    return y.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(x.shape[:-1] + (1,)), w)
 
 
 def layer_norm_backward(g, cache):
     if _xp(g) is not np and kernels.enabled():
         return kernels.layer_norm_backward(g, cache)
     xhat, rstd, w = cache
+    xp = _xp(g)
     c = xhat.shape[-1]
-    lead = tuple(range(g.ndim - 1))
-    dw = (g * xhat).sum(axis=lead)                                 # dw = sum_rows dy * xhat
-    db = g.sum(axis=lead)                                          # db = sum_rows dy
-    dxhat = g * w                                                  # dxhat = dy * w
-    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-    m1 = dxhat.sum(axis=-1, keepdims=True) * (1.0 / c)
-    m2 = (dxhat * xhat).sum(axis=-1, keepdims=True) * (1.0 / c)
-    dx = dxhat
-    dx -= m1
-    dx -= xhat * m2
-    dx *= rstd
-    return dx, dw, db
+    g2, xhat2, rstd2 = g.reshape(-1, c), xhat.reshape(-1, c), rstd.reshape(-1, 1)   # (N, C), (N, C), (N, 1)
+    blocks = _row_blocks(xp, *g2.shape)
+    dx = xp.empty(g2.shape, g.dtype)
+    dw_parts = xp.empty((len(blocks), c), g.dtype)                 # per-block column sums: added up in a fixed order
+    db_parts = xp.empty((len(blocks), c), g.dtype)
+    mean_weights = xp.full(c, 1.0 / c, dtype=g.dtype)
+
+    def block(i):
+        r = slice(*blocks[i])
+        gb, xb = g2[r], xhat2[r]
+        db_parts[i] = gb.sum(axis=0)                               # db = sum_rows dy
+        dxhat = gb * xb
+        dw_parts[i] = dxhat.sum(axis=0)                            # dw = sum_rows dy * xhat
+        xp.multiply(gb, w, out=dxhat)                              # dxhat = dy * w
+        # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+        m1 = (dxhat @ mean_weights)[:, None]
+        m2 = xp.einsum("ij,ij->i", dxhat, xb)[:, None] * g.dtype.type(1.0 / c)
+        out = xp.subtract(dxhat, m1, out=dx[r])
+        dxhat = xp.multiply(xb, m2, out=dxhat)
+        out -= dxhat
+        out *= rstd2[r]
+    parallel.parallel_map(block, range(len(blocks)))
+    return dx.reshape(g.shape), dw_parts.sum(axis=0), db_parts.sum(axis=0)
 
 
 def layer_norm(x, weight, bias=None, eps=1e-5):
@@ -149,7 +209,7 @@ def causal_bias(t, tk, dtype, xp=np):
 # The CPU attention runs in blocks of (batch rows, query rows). A block holds about _BLOCK_SCORES scores (1 MiB of
 # float32), so its softmax runs in the L2 cache (4 MiB per core here) instead of making ~10 passes over a (B, H, t, Tk)
 # array in main memory; a block of queries i0:i1 only computes the keys it can see (0 : Tk - t + i1), which skips much
-# of the masked half of the scores; and the groups of batch rows run on parallel.map's threads.
+# of the masked half of the scores; and the groups of batch rows run on parallel_map's threads.
 _BLOCK_SCORES = 1 << 18
 _QUERY_BLOCK = 64
 _PARALLEL_SCORES = 1 << 17        # below this many scores in all, one group (threads would cost more than they save)

@@ -66,8 +66,10 @@ class MLP(Module):
         self.drop = Dropout(cfg.dropout)
 
     def __call__(self, x):                                         # x (B, t, C)
-        h = self.fc(x)                                             # (B, t, 4C)
-        h = h.relu() if self.activation == "relu" else h.gelu()
+        if self.activation == "relu":                              # one fused node: max(x W^T + b, 0)
+            h = F.linear(x, self.fc.weight, self.fc.bias, relu=True)   # (B, t, 4C)
+        else:
+            h = self.fc(x).gelu()
         return self.drop(self.proj(h))                             # (B, t, C)
 
 
