@@ -41,6 +41,9 @@ INSTALL_HINT = "pip install 'tinygrad_gpt[mpi]' (mpi4py and the mpich wheel), or
 _active = None                             # the DataParallel of this process, once set up
 
 
+ABORT_GRACE_S = 0.3                # see DataParallel.abort
+
+
 class DistributedError(RuntimeError):
     """Data-parallel training cannot start (no mpi4py, no MPI runtime, an unusable GPU transport); one line."""
 
@@ -258,6 +261,9 @@ class DataParallel:
         """End the whole job: print the message (this rank's stderr reaches mpiexec's) and MPI_Abort."""
         try:
             print(message, file=sys.stderr, flush=True)
+            # MPI_Abort tears the job down at once, and mpiexec can lose what it had not yet forwarded from this
+            # rank's stderr (seen: a traceback cut mid-line, the error line missing): give it a moment to read
+            time.sleep(ABORT_GRACE_S)
         finally:
             self.comm.Abort(code)
 
