@@ -97,3 +97,24 @@ def test_threads_change_no_bits_of_a_model_step(monkeypatch):
     serial = _gpt_step(np.float32)
     for a, b in zip(threaded, serial):
         assert np.array_equal(a, b)
+
+
+def test_blocked_threaded_adamw_changes_no_bits(monkeypatch):
+    """AdamW's CPU update in small blocks on threads: elementwise, so exactly the one-block result."""
+    from tinygrad_gpt import optim
+
+    def run():
+        rng = np.random.default_rng(3)
+        params = [Tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True) for s in ((50, 7), (13,))]
+        opt = optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+        for _ in range(3):
+            for p in params:
+                p.grad = rng.standard_normal(p.shape).astype(np.float32)
+            opt.step()
+        return [p.data.copy() for p in params]
+    whole = run()
+    monkeypatch.setattr(optim, "_BLOCK", 16)
+    monkeypatch.setattr(optim, "_PARALLEL", 0)
+    blocked = run()
+    for a, b in zip(whole, blocked):
+        assert np.array_equal(a, b)

@@ -39,6 +39,7 @@ import tracemalloc
 import numpy as np
 
 from . import functional as F
+from . import parallel
 from .backend import cuda_available, get_device, tune_host_allocator
 from .model import GPT, GPTConfig, count_parameters
 from .optim import AdamW
@@ -130,9 +131,15 @@ def cuda_sync(device):
     return lambda: device.xp.cuda.Device().synchronize()
 
 
-def time_interleaved(fns, warmup=1, repeats=5, syncs=None, min_sample_s=0.0):
+SETTLE_S = 0.002       # pause before each timed sample, untimed: see time_interleaved
+
+
+def time_interleaved(fns, warmup=1, repeats=5, syncs=None, min_sample_s=0.0, settle_s=SETTLE_S):
     """Time several functions fairly: each is warmed up, then every repeat times each function once, in an order that
-    rotates from repeat to repeat, so load on a shared machine falls on all of them alike.
+    rotates from repeat to repeat, so load on a shared machine falls on all of them alike. Before each sample the
+    runner pauses settle_s (untimed), so the thread pools of the engine that ran before (OpenBLAS threads spin up to
+    ~0.1 s after a call, OpenMP's for a while too) are asleep and do not take cores from the engine being timed: on 2
+    cores that interference made single torch steps up to 3x slower (an IQR of 34-118 ms for a 31 ms median).
 
     fns: {name: fn()}; syncs: {name: sync() or None}, called before reading the clock (GPU work is asynchronous).
     A function faster than min_sample_s is called `inner` times per sample (inner calibrated on the last warm-up call)
@@ -158,6 +165,8 @@ def time_interleaved(fns, warmup=1, repeats=5, syncs=None, min_sample_s=0.0):
             fn, sync, n = fns[name], syncs.get(name), inner[name]
             if sync:
                 sync()
+            if settle_s:
+                time.sleep(settle_s)
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -813,6 +822,7 @@ def run_suite(args, factories, extra_meta=None, sampling_extra=None, rss_cmd=Non
     # as the trainer does: large freed blocks stay in the heap (no page faults per step); process-wide, so every
     # engine of the run, torch included, gets the same allocator
     results["meta"]["host_allocator_tuned"] = tune_host_allocator()
+    results["meta"]["blas_spin_shortened"] = parallel.short_blas_spin()
     m = results["meta"]["machine"]
     if m.get("loadavg_at_start") and m["loadavg_at_start"][0] > 0.5 * m.get("usable_cpus", m["cpu_count"] or 1):
         results["meta"]["busy"] = (

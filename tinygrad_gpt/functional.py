@@ -23,7 +23,7 @@ _xp = array_module
 # float32) stays in the L2 cache through all of a layer's passes, and the blocks run on parallel_map's threads once the
 # layer has at least _PARALLEL_ELEMS elements (below that, one block on the calling thread: threads cost more there).
 _BLOCK_ELEMS = 1 << 17
-_PARALLEL_ELEMS = 1 << 18
+_PARALLEL_ELEMS = 1 << 20
 
 
 def _row_blocks(xp, n, c):
@@ -212,7 +212,7 @@ def causal_bias(t, tk, dtype, xp=np):
 # of the masked half of the scores; and the groups of batch rows run on parallel_map's threads.
 _BLOCK_SCORES = 1 << 18
 _QUERY_BLOCK = 64
-_PARALLEL_SCORES = 1 << 17        # below this many scores in all, one group (threads would cost more than they save)
+_PARALLEL_SCORES = 1 << 20        # below this many scores in all, one group (threads would cost more than they save)
 
 
 def _attention_blocks(xp, b, h, t, tk):

@@ -9,7 +9,11 @@ import math
 import numpy as np
 
 from . import kernels  # the numba.cuda twin of _update, for CuPy arrays (loaded on first use)
+from . import parallel
 from .backend import array_module, to_device, to_host
+
+_BLOCK = 1 << 15                 # elements per block of the CPU update (128 KiB of float32 per array)
+_PARALLEL = 1 << 20              # buffers of at least this many elements spread their blocks over threads
 
 
 class _Group:
@@ -29,7 +33,6 @@ class _Group:
         self.whole = True                                             # every parameter had a gradient
         self.exp_avg = xp.zeros_like(self.flat)                       # m
         self.exp_avg_sq = xp.zeros_like(self.flat)                    # v
-        self.scratch = None              # the update's one temporary, allocated at the first whole-buffer step
         self.steps = [0] * len(params)   # updates each parameter has had (torch counts per parameter: a parameter
         #                                  without a gradient in a step is skipped and its bias correction waits)
 
@@ -113,8 +116,6 @@ class AdamW:
         for grp in self.groups:
             if grp.whole and len(set(grp.steps)) == 1:   # the usual case: one update of the whole flat buffer
                 grp.steps = [grp.steps[0] + 1] * len(grp.params)
-                if grp.scratch is None:
-                    grp.scratch = grp.params[0].xp.empty_like(grp.flat)
                 self._update(grp.flat, grp.grad, grp.exp_avg, grp.exp_avg_sq, grp, *self._corrections(grp.steps[0]))
             else:  # torch skips parameters without a gradient: update the others one by one, each at its own step
                 grads = grp.views(grp.grad) if grp.whole else [p.grad for p in grp.params]
@@ -133,27 +134,41 @@ class AdamW:
         return _clip_arrays(list(self._grad_arrays()), max_norm)
 
     def _update(self, p, g, m, v, grp, bc1, bc2_sqrt):
-        """In place, in torch's order of operations."""
+        """In place, in torch's order of operations. On the CPU in blocks of _BLOCK elements: each block's dozen
+        passes stay in the L2 cache, and big buffers spread the blocks over parallel_map's threads."""
         xp = grp.params[0].xp
         if xp is not np and kernels.enabled():
             return kernels.adamw_update(p, g, m, v, grp.lr, self.beta1, self.beta2, self.eps, grp.weight_decay, bc1,
                                         bc2_sqrt)
-        tmp = xp.empty_like(p) if grp.scratch is None or grp.scratch.size != p.size else grp.scratch.reshape(p.shape)
-        if grp.weight_decay:
-            p *= 1.0 - grp.lr * grp.weight_decay                     # p -= lr * wd * p
-        xp.subtract(g, m, out=tmp)
-        tmp *= 1.0 - self.beta1
-        m += tmp                                                      # m = beta1 m + (1 - beta1) g   (torch's lerp)
-        v *= self.beta2
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1.0 - self.beta2
-        v += tmp                                                      # v = beta2 v + (1 - beta2) g^2
-        xp.sqrt(v, out=tmp)
-        tmp /= bc2_sqrt
-        tmp += self.eps                                               # denom = sqrt(v / (1 - beta2^t)) + eps
-        xp.divide(m, tmp, out=tmp)
-        tmp *= grp.lr / bc1
-        p -= tmp                                                      # p -= lr * m_hat / (sqrt(v_hat) + eps)
+        p, g, m, v = (a.reshape(-1) for a in (p, g, m, v))           # views: parameters and buffers are contiguous
+        n = p.size
+        step = _BLOCK if xp is np else n
+        blocks = [(i, min(i + step, n)) for i in range(0, n, step)]
+
+        def block(span):
+            r = slice(*span)
+            pb, gb, mb, vb = p[r], g[r], m[r], v[r]
+            tmp = xp.empty_like(pb)
+            if grp.weight_decay:
+                pb *= 1.0 - grp.lr * grp.weight_decay                 # p -= lr * wd * p
+            xp.subtract(gb, mb, out=tmp)
+            tmp *= 1.0 - self.beta1
+            mb += tmp                                                 # m = beta1 m + (1 - beta1) g   (torch's lerp)
+            vb *= self.beta2
+            xp.multiply(gb, gb, out=tmp)
+            tmp *= 1.0 - self.beta2
+            vb += tmp                                                 # v = beta2 v + (1 - beta2) g^2
+            xp.sqrt(vb, out=tmp)
+            tmp /= bc2_sqrt
+            tmp += self.eps                                           # denom = sqrt(v / (1 - beta2^t)) + eps
+            xp.divide(mb, tmp, out=tmp)
+            tmp *= grp.lr / bc1
+            pb -= tmp                                                 # p -= lr * m_hat / (sqrt(v_hat) + eps)
+        if n >= _PARALLEL:
+            parallel.parallel_map(block, blocks)
+        else:
+            for span in blocks:
+                block(span)
 
     def state_dict(self):
         """{"step": t, "steps": [per parameter], "exp_avg": [...], "exp_avg_sq": [...]}: host arrays in parameter

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 _blas = None            # (get_num_threads, set_num_threads, library) of the OpenBLAS NumPy loaded, or False
 _pool = None            # (pid, n, ThreadPoolExecutor)
 _lock = threading.Lock()
+_spin_set = None        # short_blas_spin(): None not tried yet, else whether it was applied
 _BLAS_SPIN_LOG2 = 20
 _PREFIXES = ("scipy_openblas", "openblas")     # the NumPy wheels' bundled OpenBLAS, a system one
 _SUFFIXES = ("64_", "", "_64")
@@ -64,23 +65,30 @@ def num_threads():
     return max(1, int(blas[0]())) if blas else 1
 
 
-def _short_blas_spin():
-    """Lower OpenBLAS's idle spin (see the module docstring); does nothing where the controls are missing."""
-    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
-        return
-    lib = _openblas()[2]
-    read_env, shutdown = getattr(lib, "openblas_read_env", None), getattr(lib, "blas_thread_shutdown_", None)
-    if read_env is not None and shutdown is not None:
-        os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(_BLAS_SPIN_LOG2)
-        read_env()
-        shutdown()
+def short_blas_spin():
+    """Lower OpenBLAS's idle spin (see the module docstring), once; nothing where the user set
+    OPENBLAS_THREAD_TIMEOUT or the controls are missing. Called when the pool starts, and by the trainer and the
+    benchmark (where a spinning BLAS thread would also slow whatever runs next). Returns True when applied."""
+    global _spin_set
+    if _spin_set is None:
+        _spin_set = False
+        blas = _openblas()
+        if blas and "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+            read_env = getattr(blas[2], "openblas_read_env", None)
+            shutdown = getattr(blas[2], "blas_thread_shutdown_", None)
+            if read_env is not None and shutdown is not None:
+                os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(_BLAS_SPIN_LOG2)
+                read_env()
+                shutdown()
+                _spin_set = True
+    return _spin_set
 
 
 def _workers(n):
     global _pool
     with _lock:
         if _pool is None:
-            _short_blas_spin()
+            short_blas_spin()
         if _pool is None or _pool[0] != os.getpid() or _pool[1] != n:   # new count, or a forked child
             if _pool is not None and _pool[0] == os.getpid():
                 _pool[2].shutdown(wait=False)
