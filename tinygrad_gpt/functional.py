@@ -229,6 +229,15 @@ def _attention_blocks(xp, b, h, t, tk):
     return [(b0, min(b0 + step, b), queries) for b0 in range(0, b, step)]
 
 
+def _matmul_into(a, b, out):
+    """out[...] = a @ b: straight into `out` (a strided view) with NumPy; through a temporary elsewhere (CuPy's
+    matmul is not documented to write into non-contiguous outputs)."""
+    if isinstance(out, np.ndarray):
+        np.matmul(a, b, out=out)
+    else:
+        out[...] = a @ b
+
+
 def _scores(q, k, scale, xp):
     """S = (q / sqrt(hs)) k^T + causal bias for one block: q (G, H, n, hs) the last n of the keys' positions,
     k (G, H, kn, hs) -> (G, H, n, kn), masked entries -inf."""
@@ -271,7 +280,7 @@ def attention_forward(q, k, v, keep=None, p=0.0, out=None):
             if keep is not None:
                 s *= keep[rows + (slice(0, kn),)]
                 s *= q.dtype.type(1.0 / (1.0 - p))                 # A = P * M / (1 - p)
-            xp.matmul(s, v[keys], out=y[rows])                     # Y = A v
+            _matmul_into(s, v[keys], y[rows])                      # Y = A v
     parallel.parallel_map(group, _attention_blocks(xp, b, h, t, k.shape[-2]))
     return y, (q, k, v, m, l, keep, p, y)
 
@@ -312,10 +321,10 @@ def attention_backward(dy, cache, out=None):
             dp -= d[:, :, i0:i1]
             dp *= prob
             dp *= scale
-            xp.matmul(dp, k[keys], out=dq[rows])                   # dQ = dS K / sqrt(hs)   (G, H, n, hs)
+            _matmul_into(dp, k[keys], dq[rows])                    # dQ = dS K / sqrt(hs)   (G, H, n, hs)
             if i1 == t:                                            # the first block: it sees every key
-                xp.matmul(a.swapaxes(-1, -2), dy[rows], out=dv[keys])   # dV = A^T dY   (G, H, kn, hs)
-                xp.matmul(dp.swapaxes(-1, -2), q[rows], out=dk[keys])   # dK = dS^T Q / sqrt(hs)
+                _matmul_into(a.swapaxes(-1, -2), dy[rows], dv[keys])    # dV = A^T dY   (G, H, kn, hs)
+                _matmul_into(dp.swapaxes(-1, -2), q[rows], dk[keys])    # dK = dS^T Q / sqrt(hs)
             else:                                                  # earlier queries add to the keys they see
                 dv[keys] += a.swapaxes(-1, -2) @ dy[rows]
                 dk[keys] += dp.swapaxes(-1, -2) @ q[rows]
