@@ -162,9 +162,10 @@ def layer_norm_backward(g, cache):
     def block(i):
         r = slice(*blocks[i])
         gb, xb = g2[r], xhat2[r]
-        db_parts[i] = gb.sum(axis=0)                               # db = sum_rows dy
+        ones = xp.ones(gb.shape[0], g.dtype)                       # column sums as GEMVs: faster than NumPy's sum
+        db_parts[i] = ones @ gb                                    # db = sum_rows dy
         dxhat = gb * xb
-        dw_parts[i] = dxhat.sum(axis=0)                            # dw = sum_rows dy * xhat
+        dw_parts[i] = ones @ dxhat                                 # dw = sum_rows dy * xhat
         xp.multiply(gb, w, out=dxhat)                              # dxhat = dy * w
         # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
         m1 = (dxhat @ mean_weights)[:, None]
@@ -174,6 +175,8 @@ def layer_norm_backward(g, cache):
         out -= dxhat
         out *= rstd2[r]
     parallel.parallel_map(block, range(len(blocks)))
+    if len(blocks) == 1:
+        return dx.reshape(g.shape), dw_parts[0], db_parts[0]
     return dx.reshape(g.shape), dw_parts.sum(axis=0), db_parts.sum(axis=0)
 
 
