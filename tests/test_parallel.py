@@ -118,3 +118,25 @@ def test_blocked_threaded_adamw_changes_no_bits(monkeypatch):
     blocked = run()
     for a, b in zip(whole, blocked):
         assert np.array_equal(a, b)
+
+
+def test_stored_and_recomputed_probabilities_give_the_same_bits(monkeypatch):
+    """The attention backward either keeps each block's P from the forward or recomputes it from q, k and each
+    query's max and sum; the recomputation repeats the forward's operations, so the gradients are bitwise equal."""
+    monkeypatch.setattr(F, "_QUERY_BLOCK", 8)
+    rng = np.random.default_rng(4)
+    B, t, C, H = 3, 20, 16, 2
+    qkv = rng.standard_normal((B, t, 3 * C)).astype(np.float32)
+    g = rng.standard_normal((B, t, C)).astype(np.float32)
+    keep = rng.random((B, H, t, t)) >= 0.25
+
+    def grads(store):
+        monkeypatch.setattr(F, "_KEEP_PROBS", store)
+        out = []
+        for mask in (None, keep):
+            x = Tensor(qkv.copy(), requires_grad=True)
+            F.self_attention(x, H, mask, 0.25).backward(g)
+            out.append(x.grad)
+        return out
+    for a, b in zip(grads(True), grads(False)):
+        assert np.array_equal(a, b)
