@@ -36,16 +36,21 @@ def test_a_failure_is_raised_and_the_blas_thread_count_is_restored():
     parallel.parallel_map(lambda i: None, [])                        # no items: nothing to do
 
 
+def _attention_case(seed, B, t, C, H, p):
+    """qkv (B, t, 3C), an upstream gradient (B, t, C) and a dropout keep-mask (B, H, t, t), float32."""
+    rng = np.random.default_rng(seed)
+    qkv = rng.standard_normal((B, t, 3 * C)).astype(np.float32)
+    g = rng.standard_normal((B, t, C)).astype(np.float32)
+    return qkv, g, rng.random((B, H, t, t)) >= p
+
+
 def test_threaded_attention_is_bitwise_the_serial_one(monkeypatch):
     """Blocks write disjoint outputs, so threads change nothing: the same bits as a plain loop over the blocks."""
     monkeypatch.setattr(F, "_BLOCK_SCORES", 1)
     monkeypatch.setattr(F, "_QUERY_BLOCK", 16)
     monkeypatch.setattr(F, "_PARALLEL_SCORES", 0)
-    rng = np.random.default_rng(1)
-    B, t, C, H = 5, 40, 24, 3
-    qkv = rng.standard_normal((B, t, 3 * C)).astype(np.float32)
-    g = rng.standard_normal((B, t, C)).astype(np.float32)
-    keep = rng.random((B, H, t, t)) >= 0.3
+    H = 3
+    qkv, g, keep = _attention_case(1, 5, 40, 24, H, 0.3)
 
     def run():
         x = Tensor(qkv.copy(), requires_grad=True)
@@ -124,11 +129,8 @@ def test_stored_and_recomputed_probabilities_give_the_same_bits(monkeypatch):
     """The attention backward either keeps each block's P from the forward or recomputes it from q, k and each
     query's max and sum; the recomputation repeats the forward's operations, so the gradients are bitwise equal."""
     monkeypatch.setattr(F, "_QUERY_BLOCK", 8)
-    rng = np.random.default_rng(4)
-    B, t, C, H = 3, 20, 16, 2
-    qkv = rng.standard_normal((B, t, 3 * C)).astype(np.float32)
-    g = rng.standard_normal((B, t, C)).astype(np.float32)
-    keep = rng.random((B, H, t, t)) >= 0.25
+    H = 2
+    qkv, g, keep = _attention_case(4, 3, 20, 16, H, 0.25)
 
     def grads(store):
         monkeypatch.setattr(F, "_KEEP_PROBS", store)

@@ -34,6 +34,11 @@ def _row_blocks(xp, n, c):
     return [(r, min(r + step, n)) for r in range(0, n, step)]
 
 
+def _column_sums(x, xp):
+    """Sum over axis -2 with keepdims, as a matrix product with a ones row (BLAS: several times NumPy's sum)."""
+    return xp.ones((1, x.shape[-2]), x.dtype) @ x
+
+
 # ---- linear ------------------------------------------------------------------------------------------------------
 
 def linear(x, weight, bias=None, relu=False):
@@ -69,7 +74,7 @@ def linear(x, weight, bias=None, relu=False):
         dw = g2.T @ x2                                             # dL/dW = g^T x   (out, in)
         if bias is None:
             return dx, dw
-        return dx, dw, xp.ones(g2.shape[0], g2.dtype) @ g2         # dL/db = sum over rows of g (a BLAS GEMV)
+        return dx, dw, _column_sums(g2, xp)[0]                     # dL/db = sum over rows of g
     parents = (x, weight) if bias is None else (x, weight, bias)
     return Tensor._make(y.reshape(lead + (w.shape[0],)), parents, backward, "linear_relu" if relu else "linear")
 
@@ -162,10 +167,9 @@ def layer_norm_backward(g, cache):
     def block(i):
         r = slice(*blocks[i])
         gb, xb = g2[r], xhat2[r]
-        ones = xp.ones(gb.shape[0], g.dtype)                       # column sums as GEMVs: faster than NumPy's sum
-        db_parts[i] = ones @ gb                                    # db = sum_rows dy
+        db_parts[i] = _column_sums(gb, xp)[0]                      # db = sum_rows dy
         dxhat = gb * xb
-        dw_parts[i] = ones @ dxhat                                 # dw = sum_rows dy * xhat
+        dw_parts[i] = _column_sums(dxhat, xp)[0]                   # dw = sum_rows dy * xhat
         xp.multiply(gb, w, out=dxhat)                              # dxhat = dy * w
         # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
         m1 = (dxhat @ mean_weights)[:, None]
@@ -250,11 +254,6 @@ def _scores_t(q, k, scale, xp):
     s = k @ (q * scale).swapaxes(-1, -2)
     s += causal_bias(q.shape[-2], k.shape[-2], s.dtype, xp).T
     return s
-
-
-def _column_sums(x, xp):
-    """Sum over axis -2 with keepdims, as a matrix product with a ones row (BLAS: several times NumPy's sum)."""
-    return xp.ones((1, x.shape[-2]), x.dtype) @ x
 
 
 def attention_forward(q, k, v, keep=None, p=0.0, out=None):
