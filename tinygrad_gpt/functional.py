@@ -223,17 +223,24 @@ def causal_bias(t, tk, dtype, xp=np, transposed=False):
 # of the masked half of the scores; and the groups of batch rows run on parallel_map's threads.
 _BLOCK_SCORES = 1 << 18
 _QUERY_BLOCK = 64
+# OpenBLAS (0.3.x, x86-64 AVX-512 kernels) multiplies matrices with M*N*K <= 1e6 with its unpacked "small matrix"
+# kernels, and above that packs them first: for the attention's skinny (keys x queries x head) products the packed
+# path ran ~25% slower here (one thread: 109 against 144 GFLOP/s). Each block's products have M*N*K = kn * n * hs, so
+# the query block shrinks until the block that sees every key stays under that limit (lecture: 60 queries instead
+# of 64, attention forward+backward 131 -> 122 ms per layer), but not below _QUERY_BLOCK_MIN.
+_SMALL_GEMM = 1_000_000
+_QUERY_BLOCK_MIN = 32
 _KEEP_PROBS = True                # keep P for the backward (else recompute it from q, k and the row max and sum)
 _PARALLEL_SCORES = 1 << 20        # below this many scores in all, one group (threads would cost more than they save)
 
 
-def _attention_blocks(xp, b, h, t, tk):
+def _attention_blocks(xp, b, h, t, tk, hs):
     """[(b0, b1, [(i0, i1, kn), ...])]: groups of batch rows b0:b1 (the units spread over threads), each with its
     query blocks: queries i0:i1 see keys 0:kn. The block of the last queries (which sees every key) comes first: the
     backward writes dk, dv there and adds the other blocks' parts."""
     if xp is not np:
         return [(0, b, [(0, t, tk)])]                               # one block on the GPU
-    qb = min(t, _QUERY_BLOCK)
+    qb = min(t, _QUERY_BLOCK, max(_QUERY_BLOCK_MIN, _SMALL_GEMM // (tk * hs)))
     queries = [(max(0, i1 - qb), i1, tk - t + i1) for i1 in range(t, 0, -qb)]
     step = max(1, _BLOCK_SCORES // (h * qb * tk))
     if b * h * t * tk >= _PARALLEL_SCORES:
@@ -305,7 +312,7 @@ def attention_forward(q, k, v, keep=None, p=0.0, out=None):
                 st *= keep[rows + (slice(0, kn),)].swapaxes(-1, -2)
                 st *= q.dtype.type(1.0 / (1.0 - p))                # A^T = (P * M / (1 - p))^T
             _matmul_into(st.swapaxes(-1, -2), v[keys], y[rows])    # Y = A v
-    parallel.parallel_map(group, _attention_blocks(xp, b, h, t, k.shape[-2]))
+    parallel.parallel_map(group, _attention_blocks(xp, b, h, t, k.shape[-2], hs))
     return y, (q, k, v, m, l, keep, p, y, probs)
 
 
@@ -358,7 +365,7 @@ def attention_backward(dy, cache, out=None):
             else:                                                  # earlier queries add to the keys they see
                 dv[keys] += a @ dy[rows]
                 dk[keys] += dp @ q[rows]
-    parallel.parallel_map(group, _attention_blocks(xp, b, h, t, k.shape[-2]))
+    parallel.parallel_map(group, _attention_blocks(xp, b, h, t, k.shape[-2], hs))
     return dq, dk, dv
 
 
