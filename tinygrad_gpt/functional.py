@@ -41,43 +41,74 @@ def _column_sums(x, xp):
 
 # ---- linear ------------------------------------------------------------------------------------------------------
 
-def linear(x, weight, bias=None, relu=False):
-    """y = x @ W.T + b over the last axis, as 2-D matmuls (the shape BLAS is fastest at). W is (out, in).
-    relu=True fuses the MLP's ReLU: y = max(x @ W.T + b, 0) in place, and the backward masks the gradient by y > 0
-    (the output is kept anyway, as the next layer's input). Bias, ReLU and mask run in row blocks on the CPU's threads."""
+def _bias_relu(y, b, relu, xp):
+    """In place on y (N, out): y += b (if b is not None), then y = max(y, 0) (if relu); in row blocks on the CPU's
+    threads."""
+    if b is None and not relu:
+        return
+
+    def block(rows):
+        r = slice(*rows)
+        if b is not None:
+            y[r] += b
+        if relu:
+            xp.maximum(y[r], 0, out=y[r])
+    parallel.parallel_map(block, _row_blocks(xp, *y.shape))
+
+
+def _relu_mask_(g, y, xp):
+    """g *= [y > 0] in place (the ReLU's backward, y its output), in row blocks. The mask is read as uint8: a bool
+    operand costs NumPy a slow casting loop."""
+    def block(rows):
+        r = slice(*rows)
+        xp.multiply(g[r], (y[r] > 0).view(xp.uint8), out=g[r])
+    parallel.parallel_map(block, _row_blocks(xp, *g.shape))
+
+
+def _linear_backward(g2, x2, w, has_bias, xp):
+    """Gradients of y = x W^T + b for 2-D g2 (N, out), x2 (N, in): dx = g W, dW = g^T x, db = column sums of g."""
+    dx = g2 @ w                                                    # dL/dx = g W       (N, in)
+    dw = g2.T @ x2                                                 # dL/dW = g^T x     (out, in)
+    return (dx, dw, _column_sums(g2, xp)[0]) if has_bias else (dx, dw)
+
+
+def linear(x, weight, bias=None):
+    """y = x @ W.T + b over the last axis, as 2-D matmuls (the shape BLAS is fastest at). W is (out, in)."""
     xp = x.xp
     lead, c_in = x.shape[:-1], x.shape[-1]
     x2 = x.data.reshape(-1, c_in)                                  # (N, in)
     w = weight.data
-    b = None if bias is None else bias.data
     y = x2 @ w.T                                                   # (N, out)
-    if b is not None or relu:
-        def block(rows):
-            r = slice(*rows)
-            if b is not None:
-                y[r] += b
-            if relu:
-                xp.maximum(y[r], 0, out=y[r])
-        parallel.parallel_map(block, _row_blocks(xp, *y.shape))
+    _bias_relu(y, None if bias is None else bias.data, False, xp)
 
     def backward(g):
-        g2 = g.reshape(-1, w.shape[0])                             # (N, out)
-        if relu:
-            masked = xp.empty(g2.shape, g2.dtype)
-
-            def block(rows):
-                r = slice(*rows)
-                # dL/d(pre-activation) = g * [y > 0]; the mask read as uint8 (a bool operand costs a slow cast loop)
-                xp.multiply(g2[r], (y[r] > 0).view(xp.uint8), out=masked[r])
-            parallel.parallel_map(block, _row_blocks(xp, *g2.shape))
-            g2 = masked
-        dx = (g2 @ w).reshape(lead + (c_in,))                      # dL/dx = g W
-        dw = g2.T @ x2                                             # dL/dW = g^T x   (out, in)
-        if bias is None:
-            return dx, dw
-        return dx, dw, _column_sums(g2, xp)[0]                     # dL/db = sum over rows of g
+        dx, *rest = _linear_backward(g.reshape(-1, w.shape[0]), x2, w, bias is not None, xp)
+        return (dx.reshape(lead + (c_in,)), *rest)
     parents = (x, weight) if bias is None else (x, weight, bias)
-    return Tensor._make(y.reshape(lead + (w.shape[0],)), parents, backward, "linear_relu" if relu else "linear")
+    return Tensor._make(y.reshape(lead + (w.shape[0],)), parents, backward, "linear")
+
+
+def mlp(x, fc_weight, fc_bias, proj_weight, proj_bias):
+    """The ReLU MLP as one node: y = max(x W1^T + b1, 0) W2^T + b2 (biases may be None). One node instead of two lets
+    the backward mask its own gradient of the hidden layer, dh = g W2, in place: no (N, 4C) copy for the ReLU mask
+    (100 MB per layer on `lecture`)."""
+    xp = x.xp
+    lead, c = x.shape[:-1], x.shape[-1]
+    x2 = x.data.reshape(-1, c)                                     # (N, C)
+    w1, w2 = fc_weight.data, proj_weight.data                      # (4C, C), (C, 4C)
+    h = x2 @ w1.T                                                  # (N, 4C)
+    _bias_relu(h, None if fc_bias is None else fc_bias.data, True, xp)
+    y = h @ w2.T                                                   # (N, C)
+    _bias_relu(y, None if proj_bias is None else proj_bias.data, False, xp)
+
+    def backward(g):
+        g2 = g.reshape(-1, w2.shape[0])                            # (N, C)
+        dh, dw2, *db2 = _linear_backward(g2, h, w2, proj_bias is not None, xp)
+        _relu_mask_(dh, h, xp)                                     # dL/d(pre-activation) = dh * [h > 0]: ours
+        dx, dw1, *db1 = _linear_backward(dh, x2, w1, fc_bias is not None, xp)
+        return (dx.reshape(lead + (c,)), dw1, *db1, dw2, *db2)
+    parents = tuple(p for p in (x, fc_weight, fc_bias, proj_weight, proj_bias) if p is not None)
+    return Tensor._make(y.reshape(lead + (w2.shape[0],)), parents, backward, "mlp")
 
 
 # ---- embeddings --------------------------------------------------------------------------------------------------

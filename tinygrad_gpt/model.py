@@ -66,11 +66,9 @@ class MLP(Module):
         self.drop = Dropout(cfg.dropout)
 
     def __call__(self, x):                                         # x (B, t, C)
-        if self.activation == "relu":                              # one fused node: max(x W^T + b, 0)
-            h = F.linear(x, self.fc.weight, self.fc.bias, relu=True)   # (B, t, 4C)
-        else:
-            h = self.fc(x).gelu()
-        return self.drop(self.proj(h))                             # (B, t, C)
+        if self.activation == "relu":                              # one fused node: max(x W1^T + b1, 0) W2^T + b2
+            return self.drop(F.mlp(x, self.fc.weight, self.fc.bias, self.proj.weight, self.proj.bias))
+        return self.drop(self.proj(self.fc(x).gelu()))             # (B, t, C)
 
 
 class Block(Module):
