@@ -74,3 +74,17 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path):
     md = (out / "bench.md").read_text()
     assert "tinygrad-cpu / torch-fused-cpu" in md and "| small | tinygrad-cpu |" in md
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_matmul_shapes_times_every_linear_product_of_a_step():
+    pytest.importorskip("torch")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "matmul_shapes.py"), "--config", "small", "--threads", "1",
+           "--repeats", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and " ms" not in line]
+    assert len(rows) == 5 * 3                       # qkv, attn proj, mlp fc, mlp proj, lm_head; forward, dx, dW
+    for row in rows:
+        numpy_ms, numpy_gf, torch_ms, torch_gf = (float(c) for c in row.strip("|").split("|")[2:])
+        assert min(numpy_ms, numpy_gf, torch_ms, torch_gf) > 0
+    assert "per step (every linear layer, forward and backward): NumPy" in proc.stdout
