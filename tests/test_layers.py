@@ -416,3 +416,34 @@ def test_scatter_rows_both_paths_match_add_at(path, dtype, monkeypatch):
     # each row sums at most 300 terms of |g| <= ~5: float rounding bound 300 u * sum|g|, here taken per element
     bound = 300 * np.finfo(dtype).eps * np.abs(g).sum()
     assert np.abs(got - want).max() <= bound
+
+
+@pytest.mark.parametrize("sublayer", ["linear", "mlp"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_residual_in_the_epilogue_equals_a_separate_add_bit_for_bit(sublayer, bias):
+    """linear(..., residual=r) and mlp(..., residual=r) add r in the bias pass: the output and every gradient must be
+    exactly those of r + sublayer(x) built from two nodes (float addition is commutative, and the order is the same)."""
+    rng = np.random.default_rng(7)
+    C = 8
+    arrays = {"x": rng.standard_normal((2, 5, C)), "r": rng.standard_normal((2, 5, C)),
+              "g": rng.standard_normal((2, 5, C)), "w1": rng.standard_normal((4 * C, C)), "b1": rng.standard_normal(4 * C),
+              "w2": rng.standard_normal((C, 4 * C) if sublayer == "mlp" else (C, C)), "b2": rng.standard_normal(C)}
+
+    def run(fused):
+        t = {k: Tensor(v.astype(np.float32), requires_grad=True) for k, v in arrays.items() if k != "g"}
+        b1, b2 = (t["b1"], t["b2"]) if bias else (None, None)
+        if sublayer == "mlp":
+            args = (t["x"], t["w1"], b1, t["w2"], b2)
+            y = F.mlp(*args, residual=t["r"]) if fused else t["r"] + F.mlp(*args)
+        else:
+            y = F.linear(t["x"], t["w2"], b2, residual=t["r"]) if fused else t["r"] + F.linear(t["x"], t["w2"], b2)
+        y.backward(arrays["g"].astype(np.float32))
+        return y.data, {k: v.grad for k, v in t.items() if v.grad is not None}
+
+    (y_f, g_f), (y_s, g_s) = run(True), run(False)
+    np.testing.assert_array_equal(y_f, y_s)
+    assert g_f.keys() == g_s.keys() and "r" in g_f
+    for k in g_f:
+        np.testing.assert_array_equal(g_f[k], g_s[k], err_msg=k)
+    with pytest.raises(ValueError, match="residual of shape"):
+        F.linear(Tensor(arrays["x"]), Tensor(np.ones((3, C))), residual=Tensor(arrays["r"]))   # (2, 5, 3) vs r

@@ -41,10 +41,11 @@ def _column_sums(x, xp):
 
 # ---- linear ------------------------------------------------------------------------------------------------------
 
-def _bias_relu(y, b, relu, xp):
-    """In place on y (N, out): y += b (if b is not None), then y = max(y, 0) (if relu); in row blocks on the CPU's
-    threads."""
-    if b is None and not relu:
+def _epilogue(y, b, xp, relu=False, residual=None):
+    """In place on a matmul's output y (N, out): y += b (if b is not None), then y = max(y, 0) (if relu) or
+    y += residual (an (N, out) array, if given); in row blocks on the CPU's threads, each block through all of it
+    while it is in the cache."""
+    if b is None and not relu and residual is None:
         return
 
     def block(rows):
@@ -53,6 +54,8 @@ def _bias_relu(y, b, relu, xp):
             y[r] += b
         if relu:
             xp.maximum(y[r], 0, out=y[r])
+        if residual is not None:
+            y[r] += residual[r]
     parallel.parallel_map(block, _row_blocks(xp, *y.shape))
 
 
@@ -72,43 +75,54 @@ def _linear_backward(g2, x2, w, has_bias, xp):
     return (dx, dw, _column_sums(g2, xp)[0]) if has_bias else (dx, dw)
 
 
-def linear(x, weight, bias=None):
-    """y = x @ W.T + b over the last axis, as 2-D matmuls (the shape BLAS is fastest at). W is (out, in)."""
+def linear(x, weight, bias=None, residual=None):
+    """y = x @ W.T + b over the last axis, as 2-D matmuls (the shape BLAS is fastest at). W is (out, in).
+    residual: optional tensor of y's shape, added in the same pass as the bias (y = residual + x W^T + b): one node
+    and one pass over memory instead of a separate add (the transformer's residual connection)."""
     xp = x.xp
     lead, c_in = x.shape[:-1], x.shape[-1]
     x2 = x.data.reshape(-1, c_in)                                  # (N, in)
     w = weight.data
     y = x2 @ w.T                                                   # (N, out)
-    _bias_relu(y, None if bias is None else bias.data, False, xp)
+    _epilogue(y, None if bias is None else bias.data, xp, residual=_rows(residual, lead + (w.shape[0],)))
 
     def backward(g):
         dx, *rest = _linear_backward(g.reshape(-1, w.shape[0]), x2, w, bias is not None, xp)
-        return (dx.reshape(lead + (c_in,)), *rest)
-    parents = (x, weight) if bias is None else (x, weight, bias)
+        return (dx.reshape(lead + (c_in,)), *rest) + ((g,) if residual is not None else ())
+    parents = tuple(p for p in (x, weight, bias, residual) if p is not None)
     return Tensor._make(y.reshape(lead + (w.shape[0],)), parents, backward, "linear")
 
 
-def mlp(x, fc_weight, fc_bias, proj_weight, proj_bias):
-    """The ReLU MLP as one node: y = max(x W1^T + b1, 0) W2^T + b2 (biases may be None). One node instead of two lets
-    the backward mask its own gradient of the hidden layer, dh = g W2, in place: no (N, 4C) copy for the ReLU mask
-    (100 MB per layer on `lecture`)."""
+def mlp(x, fc_weight, fc_bias, proj_weight, proj_bias, residual=None):
+    """The ReLU MLP as one node: y = max(x W1^T + b1, 0) W2^T + b2 (biases may be None), plus `residual` if given (as
+    in linear). One node instead of two lets the backward mask its own gradient of the hidden layer, dh = g W2, in
+    place: no (N, 4C) copy for the ReLU mask (100 MB per layer on `lecture`)."""
     xp = x.xp
     lead, c = x.shape[:-1], x.shape[-1]
     x2 = x.data.reshape(-1, c)                                     # (N, C)
     w1, w2 = fc_weight.data, proj_weight.data                      # (4C, C), (C, 4C)
     h = x2 @ w1.T                                                  # (N, 4C)
-    _bias_relu(h, None if fc_bias is None else fc_bias.data, True, xp)
+    _epilogue(h, None if fc_bias is None else fc_bias.data, xp, relu=True)
     y = h @ w2.T                                                   # (N, C)
-    _bias_relu(y, None if proj_bias is None else proj_bias.data, False, xp)
+    _epilogue(y, None if proj_bias is None else proj_bias.data, xp, residual=_rows(residual, lead + (w2.shape[0],)))
 
     def backward(g):
         g2 = g.reshape(-1, w2.shape[0])                            # (N, C)
         dh, dw2, *db2 = _linear_backward(g2, h, w2, proj_bias is not None, xp)
         _relu_mask_(dh, h, xp)                                     # dL/d(pre-activation) = dh * [h > 0]: ours
         dx, dw1, *db1 = _linear_backward(dh, x2, w1, fc_bias is not None, xp)
-        return (dx.reshape(lead + (c,)), dw1, *db1, dw2, *db2)
-    parents = tuple(p for p in (x, fc_weight, fc_bias, proj_weight, proj_bias) if p is not None)
+        return (dx.reshape(lead + (c,)), dw1, *db1, dw2, *db2) + ((g,) if residual is not None else ())
+    parents = tuple(p for p in (x, fc_weight, fc_bias, proj_weight, proj_bias, residual) if p is not None)
     return Tensor._make(y.reshape(lead + (w2.shape[0],)), parents, backward, "mlp")
+
+
+def _rows(residual, shape):
+    """A residual tensor's data as (N, out) rows, checked against the output's shape (None stays None)."""
+    if residual is None:
+        return None
+    if tuple(residual.shape) != tuple(shape):
+        raise ValueError(f"residual of shape {tuple(residual.shape)} for an output of shape {tuple(shape)}")
+    return residual.data.reshape(-1, shape[-1])
 
 
 # ---- embeddings --------------------------------------------------------------------------------------------------

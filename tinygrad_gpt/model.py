@@ -47,14 +47,19 @@ class CausalSelfAttention(Module):
         self.attn_drop = Dropout(cfg.dropout)
         self.resid_drop = Dropout(cfg.dropout)
 
-    def __call__(self, x):                                         # x (B, t, C)
+    def __call__(self, x, residual=None):                          # x (B, t, C)
+        """The attention sublayer; with `residual`, returns residual + its output (in the output projection's pass
+        when there is no residual dropout)."""
         qkv = self.qkv(x)                                          # (B, t, 3C)
         keep = None
         if self.attn_drop.active():
             b, t, _ = x.shape
             keep = self.attn_drop.mask((b, self.n_head, t, t), x.xp)   # (B, H, t, t)
         y = F.self_attention(qkv, self.n_head, keep, self.attn_drop.p)  # (B, t, C)
-        return self.resid_drop(self.proj(y))
+        if residual is not None and not self.resid_drop.active():
+            return F.linear(y, self.proj.weight, self.proj.bias, residual=residual)
+        out = self.resid_drop(self.proj(y))
+        return out if residual is None else residual + out
 
 
 class MLP(Module):
@@ -65,10 +70,16 @@ class MLP(Module):
         self.activation = cfg.activation
         self.drop = Dropout(cfg.dropout)
 
-    def __call__(self, x):                                         # x (B, t, C)
-        if self.activation == "relu":                              # one fused node: max(x W1^T + b1, 0) W2^T + b2
-            return self.drop(F.mlp(x, self.fc.weight, self.fc.bias, self.proj.weight, self.proj.bias))
-        return self.drop(self.proj(self.fc(x).gelu()))             # (B, t, C)
+    def __call__(self, x, residual=None):                          # x (B, t, C)
+        """The MLP sublayer; with `residual`, returns residual + its output (as CausalSelfAttention does)."""
+        weights = (self.fc.weight, self.fc.bias, self.proj.weight, self.proj.bias)
+        if self.activation == "relu" and residual is not None and not self.drop.active():
+            return F.mlp(x, *weights, residual=residual)           # one node: residual + max(x W1^T + b1, 0) W2^T + b2
+        if self.activation == "relu":
+            out = self.drop(F.mlp(x, *weights))
+        else:
+            out = self.drop(self.proj(self.fc(x).gelu()))          # (B, t, C)
+        return out if residual is None else residual + out
 
 
 class Block(Module):
@@ -79,8 +90,8 @@ class Block(Module):
         self.mlp = MLP(cfg, rng, dtype, device)
 
     def __call__(self, x):
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+        x = self.attn(self.ln1(x), residual=x)                     # x + attn(ln1(x))
+        return self.mlp(self.ln2(x), residual=x)                   # x + mlp(ln2(x))
 
 
 class GPT(Module):
