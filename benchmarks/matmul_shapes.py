@@ -23,7 +23,6 @@ import time                                   # noqa: E402
 
 import numpy as np                            # noqa: E402
 import torch                                  # noqa: E402
-from threadpoolctl import threadpool_info, threadpool_limits   # noqa: E402
 
 from tinygrad_gpt import bench as tb          # noqa: E402
 from tinygrad_gpt import parallel             # noqa: E402
@@ -66,7 +65,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     rows, totals = [], {"numpy": 0.0, "torch": 0.0}
-    with threadpool_limits(args.threads):
+    with tb.pinned_threads(args.threads) as pinned:              # threadpoolctl when installed (the bench extra)
         for name, out, inp, count in layer_shapes(bc):
             x = rng.standard_normal((n, inp), dtype=np.float32)
             w = rng.standard_normal((out, inp), dtype=np.float32)
@@ -81,8 +80,8 @@ def main(argv=None):
                 totals["torch"] += count * b
                 rows.append((f"{name} ({out}x{inp})", op, a, flops / a / 1e6, b, flops / b / 1e6))
     print(f"config {bc.name}: {bc.describe()}, N = {n} rows, {args.threads} threads, median of {args.repeats}")
-    blas = next((f"{i['internal_api']} {i['version']} {i.get('architecture', '')}" for i in threadpool_info()
-                 if i.get("user_api") == "blas"), "unknown BLAS")
+    blas = next((f"{i['internal_api']} {i['version']} {i.get('architecture') or ''}" for i in pinned["pools"]
+                 if i.get("user_api") == "blas"), "BLAS unknown: " + pinned["method"])
     print(f"numpy {np.__version__} ({blas}), torch {torch.__version__} ({torch_blas()})\n")
     print("| layer | product | NumPy ms | GFLOP/s | torch ms | GFLOP/s |")
     print("|---|---|---:|---:|---:|---:|")
