@@ -5,7 +5,8 @@
 
 Every linear layer of a step makes three products with N = B*T rows: y = x W^T (forward), dx = g W and dW = g^T x
 (backward). This script times each of them alone in NumPy (its OpenBLAS) and in torch (MKL in the CPU wheels), the
-same layouts the engines use, and adds them up per step. The sum is the floor under a step that any engine built on
+same layouts the engines use, interleaved by the suite's timer (tinygrad_gpt.bench.time_interleaved), and adds them
+up per step. The sum is the floor under a step that any engine built on
 that BLAS pays before its first elementwise operation: it says how much of the gap to torch is the BLAS itself.
 """
 import os
@@ -19,7 +20,6 @@ if __name__ == "__main__":                    # run as a script from a checkout:
 
 import argparse                               # noqa: E402
 import re                                     # noqa: E402
-import time                                   # noqa: E402
 
 import numpy as np                            # noqa: E402
 import torch                                  # noqa: E402
@@ -27,17 +27,6 @@ import torch                                  # noqa: E402
 from tinygrad_gpt import bench as tb          # noqa: E402
 from tinygrad_gpt import parallel             # noqa: E402
 from tinygrad_gpt.backend import tune_host_allocator   # noqa: E402
-
-
-def median_ms(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
 
 
 def torch_blas():
@@ -75,7 +64,10 @@ def main(argv=None):
             for op, f_np, f_t in (("y = x W^T", lambda: x @ w.T, lambda: tx @ tw.T),
                                   ("dx = g W", lambda: g @ w, lambda: tg @ tw),
                                   ("dW = g^T x", lambda: g.T @ x, lambda: tg.T @ tx)):
-                a, b = median_ms(f_np, args.repeats), median_ms(f_t, args.repeats)
+                # short products: several calls per sample, as bench.py's layer timings (run_config) do
+                t = tb.time_interleaved({"numpy": f_np, "torch": f_t}, warmup=2, repeats=args.repeats,
+                                        min_sample_s=0.005)
+                a, b = t["numpy"].median * 1e3, t["torch"].median * 1e3
                 totals["numpy"] += count * a
                 totals["torch"] += count * b
                 rows.append((f"{name} ({out}x{inp})", op, a, flops / a / 1e6, b, flops / b / 1e6))

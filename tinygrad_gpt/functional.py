@@ -245,17 +245,16 @@ def layer_norm(x, weight, bias=None, eps=1e-5):
 _mask_cache = {}
 
 
-def causal_bias(t, tk, dtype, xp=np, transposed=False):
-    """(t, tk) additive mask: 0 where query i (at absolute position tk - t + i) may see key j, -inf after it.
-    transposed=True: its transpose (tk, t), stored contiguous (adding a transposed view to the scores broadcasts with a
-    strided inner loop: 2.6x slower on nanogpt-cpu's blocks)."""
-    key = (t, tk, np.dtype(dtype).str, xp.__name__, transposed)
+def causal_bias(t, tk, dtype, xp=np):
+    """(tk, t) additive mask in the scores' keys-by-queries layout (see _scores_t), contiguous: 0 where query i (at
+    absolute position tk - t + i) may see key j, -inf after it. (Adding a transposed view of a (t, tk) mask instead
+    broadcast with a strided inner loop: 2.6x slower on nanogpt-cpu's blocks.)"""
+    key = (t, tk, np.dtype(dtype).str, xp.__name__)
     m = _mask_cache.get(key)
     if m is None:
-        i = np.arange(t)[:, None] + (tk - t)
-        j = np.arange(tk)[None, :]
-        m = np.where(j > i, -np.inf, 0.0).astype(dtype)
-        m = xp.asarray(np.ascontiguousarray(m.T) if transposed else m)
+        i = np.arange(t)[None, :] + (tk - t)
+        j = np.arange(tk)[:, None]
+        m = xp.asarray(np.where(j > i, -np.inf, 0.0).astype(dtype))
         if len(_mask_cache) > 64:
             _mask_cache.clear()
         _mask_cache[key] = m
@@ -308,12 +307,11 @@ def _scores_t(q, k, scale, xp):
     Transposed because NumPy reduces across rows (axis -2, elementwise over whole rows) 3-4x faster than along a
     short last axis: each query's softmax max and sum run down a column here.
     (q / sqrt(hs))^T is written out contiguous: OpenBLAS's small-matrix path runs k @ (contiguous q^T) about 2x faster
-    than k @ (a transposed view of q) at the head sizes here (95 against 205 us on nanogpt-cpu's blocks).
-    `q` must be a view (or array) of float dtype; the result is a new array."""
+    than k @ (a transposed view of q) at the head sizes here (95 against 205 us on nanogpt-cpu's blocks)."""
     qt = xp.empty(q.shape[:-2] + (q.shape[-1], q.shape[-2]), q.dtype)   # (G, H, hs, n)
     xp.multiply(q.swapaxes(-1, -2), scale, out=qt)
     s = k @ qt
-    s += causal_bias(q.shape[-2], k.shape[-2], s.dtype, xp, transposed=True)
+    s += causal_bias(q.shape[-2], k.shape[-2], s.dtype, xp)
     return s
 
 

@@ -72,13 +72,13 @@ class MLP(Module):
 
     def __call__(self, x, residual=None):                          # x (B, t, C)
         """The MLP sublayer; with `residual`, returns residual + its output (as CausalSelfAttention does)."""
-        weights = (self.fc.weight, self.fc.bias, self.proj.weight, self.proj.bias)
-        if self.activation == "relu" and residual is not None and not self.drop.active():
-            return F.mlp(x, *weights, residual=residual)           # one node: residual + max(x W1^T + b1, 0) W2^T + b2
-        if self.activation == "relu":
-            out = self.drop(F.mlp(x, *weights))
-        else:
+        if self.activation != "relu":
             out = self.drop(self.proj(self.fc(x).gelu()))          # (B, t, C)
+        else:
+            weights = (self.fc.weight, self.fc.bias, self.proj.weight, self.proj.bias)
+            if residual is not None and not self.drop.active():
+                return F.mlp(x, *weights, residual=residual)       # one node: residual + max(x W1^T + b1, 0) W2^T + b2
+            out = self.drop(F.mlp(x, *weights))
         return out if residual is None else residual + out
 
 
