@@ -25,8 +25,7 @@ import numpy as np                            # noqa: E402
 import torch                                  # noqa: E402
 
 from tinygrad_gpt import bench as tb          # noqa: E402
-from tinygrad_gpt import parallel             # noqa: E402
-from tinygrad_gpt.backend import tune_host_allocator   # noqa: E402
+from tinygrad_gpt.kernels.cpu import setup as cpu_setup   # noqa: E402
 
 
 def torch_blas():
@@ -49,8 +48,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     bc = tb.CONFIGS[args.config]
     n = bc.batch_size * bc.block_size
-    tune_host_allocator()                     # as the engine runs: no page faults on fresh outputs
-    parallel.short_blas_spin()
+    cpu_setup.configure()                     # as the engine runs: no page faults on fresh outputs, short BLAS spin
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     rows, totals = [], {"numpy": 0.0, "torch": 0.0}

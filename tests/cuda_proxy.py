@@ -272,10 +272,10 @@ def run(kernels_on):
     from tinygrad_gpt import GPT, GPTConfig, AdamW, kernels
     from tinygrad_gpt.tensor import Tensor
 
-    kernels.set_enabled(kernels_on)
+    kernels.set_enabled(kernels_on, "cuda")
     if kernels_on:
-        assert kernels.enabled()
-        common = kernels._module("_common")
+        assert kernels.enabled("cuda")
+        common = kernels._module("cuda", "_common")
         assert common.SIM, "the kernels run in numba's CUDA simulator here"
         common.host_arg = lambda a: a._a if isinstance(a, RArray) else a   # the simulator takes NumPy arrays
         # a few small blocks that stride: every simulated thread is a Python thread
@@ -287,7 +287,7 @@ def run(kernels_on):
             return launch(kernel, *args)
         common.launch = recording_launch
         for name in ("layernorm", "attention", "cross_entropy", "adamw", "dropout_mask"):
-            kernels._module(name).launch = recording_launch
+            kernels._module("cuda", name).launch = recording_launch
     xp = sys.modules["cupy"]
     backend._cuda = backend.Device("cuda", xp)
 

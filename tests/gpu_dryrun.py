@@ -21,7 +21,7 @@ sim_support.patch()
 sys.modules["cupy"] = cuda_proxy.RecordingXP()
 
 import tinygrad_gpt.backend as backend  # noqa: E402
-from tinygrad_gpt.kernels import _common  # noqa: E402
+from tinygrad_gpt.kernels.cuda import _common  # noqa: E402
 
 backend._cuda = backend.Device("cuda", sys.modules["cupy"])
 _common.host_arg = lambda a: a._a if isinstance(a, cuda_proxy.RArray) else a

@@ -62,8 +62,8 @@ def run_kernels(path, device):
         import cupy
         dev = lambda a: None if a is None else cupy.asarray(a)          # noqa: E731
         host = lambda a: a.get() if hasattr(a, "get") else np.asarray(a)  # noqa: E731
-    from tinygrad_gpt.kernels import adamw, attention, cross_entropy, dropout_mask, layernorm
-    from tinygrad_gpt.kernels import _common
+    from tinygrad_gpt.kernels.cuda import adamw, attention, cross_entropy, dropout_mask, layernorm
+    from tinygrad_gpt.kernels.cuda import _common
     assert _common.SIM == (device == "sim"), "NUMBA_ENABLE_CUDASIM=1 must be set (only) for the simulator run"
     out, meta = {}, {}
     rng = np.random.default_rng(1234)
@@ -84,9 +84,9 @@ def run_kernels(path, device):
             g = rng.standard_normal(shape).astype(dtype)
             y, cache = layernorm.layer_norm_forward(dev(x), dev(w), dev(b), 1e-5, config=config)
             dx, dw, db = layernorm.layer_norm_backward(dev(g), cache, config=config)
-            put(case, x=x, w=w, g=g, y=y, xhat=cache[0], rstd=cache[1], dx=dx, dw=dw, db=db,
+            put(case, x=x, w=w, g=g, y=y, mean=cache[1], rstd=cache[2], dx=dx, dw=dw, db=db,
                 **({} if b is None else {"b": b}))
-            # reductions: over the row (C) for y, xhat, rstd and dx; over the rows (N) for dw and db
+            # reductions: over the row (C) for y, mean, rstd and dx; over the rows (N) for dw and db
             meta[case] = {"kind": "layer_norm", "bias": b is not None, "reduction": c, "reduction_params": x.size // c}
 
         for name, (bsz, h, t, tk, hs), p, config in ATTENTION + extra["attention"]:
@@ -156,9 +156,9 @@ def run_ptx(path):
     from tinygrad_gpt import kernels
     kernels.warmup  # noqa: B018  (the module list lives there)
     for name in ("layernorm", "attention", "cross_entropy", "adamw", "dropout_mask"):
-        kernels._module(name)
+        kernels._module("cuda", name)
     result = {}
-    for kern in kernels._module("_common").REGISTRY:
+    for kern in kernels._module("cuda", "_common").REGISTRY:
         for dtype in ("float32", "float64"):
             ptx, _ = cuda.compile_ptx(kern.python_function(dtype), kern.signature_for(dtype), cc=(8, 0))
             result[f"{kern.name}-{dtype}"] = {

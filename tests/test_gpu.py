@@ -31,7 +31,7 @@ B, T = 3, 16
 
 @pytest.fixture(params=[True, False], ids=["kernels", "cupy"])
 def kernels_on(request):
-    kernels.set_enabled(request.param)
+    kernels.set_enabled(request.param, "cuda")
     yield request.param
     kernels.set_enabled(None)
 
@@ -138,7 +138,7 @@ def test_kernels_on_and_off_agree_in_float32():
     idx, tgt = batch(6)
     grads = {}
     for on in (True, False):
-        kernels.set_enabled(on)
+        kernels.set_enabled(on, "cuda")
         try:
             model, _ = on_cuda(dict(CFG, dropout=0.0), np.float32, seed=7)
             loss = model(idx, tgt)[1]

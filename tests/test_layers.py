@@ -31,7 +31,8 @@ from model_helpers import (TOL64_FWD, TOL64_GRAD, U32, U64, assert_errors, compa
                            named_params, record, red_attention, red_attention_core, red_block, red_cross_entropy,
                            red_gpt, red_layer_norm, red_linear, red_mlp, torch_dtype)
 from strategies import gpt_configs
-from tinygrad_gpt import Tensor, functional as F
+from tinygrad_gpt import Tensor, functional as F, kernels
+from tinygrad_gpt.kernels.cpu import attention as cpu_attention
 from tinygrad_gpt.nn import LayerNorm, Linear
 
 DTYPES = [np.float64, np.float32]
@@ -141,19 +142,25 @@ def test_layer_norm(dtype, C, bias, lead, seed):
 
 @contextlib.contextmanager
 def score_blocks(n):
-    """Run the CPU attention in blocks of about n scores (None: the default, one block for these small shapes; 1:
-    one batch row per block, 8 queries per block, spread over the threads), so the single-block path and the blocked,
-    threaded one both meet the oracle."""
-    saved = F._BLOCK_SCORES, F._QUERY_BLOCK, F._PARALLEL_SCORES
-    if n is not None:
-        F._BLOCK_SCORES, F._QUERY_BLOCK, F._PARALLEL_SCORES = n, 8, 0
+    """Run the CPU attention kernel in blocks of about n scores (None: the default, one block for these small shapes;
+    1: one batch row per block, 8 queries per block, spread over the threads), or (n = "twin") the NumPy twin with
+    the kernels off, so the single-block kernel, the blocked threaded one and the twin all meet the oracle."""
+    names = ("BLOCK_SCORES", "QUERY_BLOCK", "PARALLEL_SCORES")
+    saved = [getattr(cpu_attention, k) for k in names]
+    if n == "twin":
+        kernels.set_enabled(False, "cpu")
+    elif n is not None:
+        for k, value in zip(names, (n, 8, 0)):
+            setattr(cpu_attention, k, value)
     try:
         yield
     finally:
-        F._BLOCK_SCORES, F._QUERY_BLOCK, F._PARALLEL_SCORES = saved
+        for k, value in zip(names, saved):
+            setattr(cpu_attention, k, value)
+        kernels.set_enabled(None, "cpu")
 
 
-@pytest.mark.parametrize("blocks", [None, 1])
+@pytest.mark.parametrize("blocks", [None, 1, "twin"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(data=st.data())
 def test_attention_core_against_torch_sdpa(dtype, blocks, data):
@@ -174,7 +181,7 @@ def test_attention_core_against_torch_sdpa(dtype, blocks, data):
     check("attention core", dtype, errors, red_attention_core(t, hs), 10)
 
 
-@pytest.mark.parametrize("blocks", [None, 1])
+@pytest.mark.parametrize("blocks", [None, 1, "twin"])
 @given(data=st.data(), p=st.floats(0.05, 0.9))
 def test_attention_core_with_keep_mask(blocks, data, p):
     """The attention core with a dropout keep-mask on the attention weights: A = softmax(S) * M / (1 - p)."""
@@ -397,25 +404,25 @@ def test_cross_entropy_on_huge_logits(dtype, V, N, seed):
     assert_errors(errors, tol * fwd, tol * grad, "cross-entropy on logits of +-1e4")
 
 
-@pytest.mark.parametrize("path", ["one-hot matmul", "sort + reduceat"])
+@pytest.mark.parametrize("impl", ["kernel", "twin"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_scatter_rows_both_paths_match_add_at(path, dtype, monkeypatch):
-    """The embedding's dW: a one-hot matmul for small tables, sort + reduceat above _ONE_HOT_MAX; both equal
-    np.add.at (repeated rows, unused rows exactly 0) up to summation order."""
-    if path == "sort + reduceat":
-        monkeypatch.setattr(F, "_ONE_HOT_MAX", 0)
+def test_embedding_backward_matches_add_at(impl, dtype):
+    """The embedding's dW (the CPU kernel's scatter-add by column pieces, and the twin's np.add.at) equals np.add.at
+    (repeated rows, unused rows exactly 0) up to summation order; dPos sums the batch, zero past t."""
     rng = np.random.default_rng(7)
     idx = rng.integers(0, 30, (6, 50))
     idx[idx == 3] = 4                                                # row 3 unused: its gradient must be exactly 0
-    g = rng.standard_normal((6, 50, 8)).astype(dtype)
-    want = np.zeros((40, 8), dtype)
-    np.add.at(want, idx.reshape(-1), g.reshape(-1, 8))
-    got = F.scatter_rows(idx, g, 40)
-    assert got.dtype == dtype and got.shape == (40, 8)
-    assert np.all(got[3] == 0) and np.all(got[30:] == 0)
+    g = rng.standard_normal((6, 50, 40)).astype(dtype)               # C = 40: one full piece of 32 channels + 8
+    want = np.zeros((40, 40), dtype)
+    np.add.at(want, idx.reshape(-1), g.reshape(-1, 40))
+    fn = F.embed_backward if impl == "kernel" else F.embed_backward.reference
+    got, d_pos = fn(idx, g, 40, 64)
+    assert got.dtype == dtype and got.shape == (40, 40) and d_pos.shape == (64, 40)
+    assert np.all(got[3] == 0) and np.all(got[30:] == 0) and np.all(d_pos[50:] == 0)
     # each row sums at most 300 terms of |g| <= ~5: float rounding bound 300 u * sum|g|, here taken per element
     bound = 300 * np.finfo(dtype).eps * np.abs(g).sum()
     assert np.abs(got - want).max() <= bound
+    assert np.abs(d_pos[:50] - g.sum(axis=0)).max() <= 6 * np.finfo(dtype).eps * np.abs(g).sum(axis=0).max()
 
 
 @pytest.mark.parametrize("sublayer", ["linear", "mlp"])

@@ -72,13 +72,11 @@ class MLP(Module):
 
     def __call__(self, x, residual=None):                          # x (B, t, C)
         """The MLP sublayer; with `residual`, returns residual + its output (as CausalSelfAttention does)."""
-        if self.activation != "relu":
-            out = self.drop(self.proj(self.fc(x).gelu()))          # (B, t, C)
-        else:
-            weights = (self.fc.weight, self.fc.bias, self.proj.weight, self.proj.bias)
-            if residual is not None and not self.drop.active():
-                return F.mlp(x, *weights, residual=residual)       # one node: residual + max(x W1^T + b1, 0) W2^T + b2
-            out = self.drop(F.mlp(x, *weights))
+        weights = (self.fc.weight, self.fc.bias, self.proj.weight, self.proj.bias)
+        if residual is not None and not self.drop.active():
+            # one node: residual + act(x W1^T + b1) W2^T + b2
+            return F.mlp(x, *weights, residual=residual, activation=self.activation)
+        out = self.drop(F.mlp(x, *weights, activation=self.activation))   # (B, t, C)
         return out if residual is None else residual + out
 
 

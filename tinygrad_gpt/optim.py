@@ -1,19 +1,16 @@
 """AdamW with torch.optim.AdamW's exact semantics (SPEC section 3), on one flat buffer per parameter group.
 
 At construction each group's parameters are copied into one contiguous array and every parameter's `.data`
-becomes a view into it, so a step is a handful of whole-buffer operations instead of a loop of small ones.
+becomes a view into it, so a step is one pass over each buffer (the update's kernel) instead of a loop of small ones.
 (Build the optimizer after `model.to(device)`; `load_state_dict` copies in place and keeps the views.)
+`adamw_update` and `grad_norm` are twins of compiled kernels (kernels/__init__.py).
 """
 import math
 
 import numpy as np
 
-from . import kernels  # the numba.cuda twin of _update, for CuPy arrays (loaded on first use)
-from . import parallel
 from .backend import array_module, to_device, to_host
-
-_BLOCK = 1 << 15                 # elements per block of the CPU update (128 KiB of float32 per array)
-_PARALLEL = 1 << 20              # buffers of at least this many elements spread their blocks over threads
+from .kernels import twin
 
 
 class _Group:
@@ -110,65 +107,26 @@ class AdamW:
             if not whole:
                 raise ValueError("AdamW.step(grad_hook=...): every parameter needs a gradient")
             grad_hook(self)
+        coef = 1.0
         if self.max_grad_norm is not None:
-            self.last_grad_norm = self._clip(self.max_grad_norm)
+            self.last_grad_norm, coef = _clip_coefficient(list(self._grad_arrays()), self.max_grad_norm)
         self.t += 1
         for grp in self.groups:
             if grp.whole and len(set(grp.steps)) == 1:   # the usual case: one update of the whole flat buffer
                 grp.steps = [grp.steps[0] + 1] * len(grp.params)
-                self._update(grp.flat, grp.grad, grp.exp_avg, grp.exp_avg_sq, grp, *self._corrections(grp.steps[0]))
+                self._update(grp.flat, grp.grad, grp.exp_avg, grp.exp_avg_sq, grp, grp.steps[0], coef)
             else:  # torch skips parameters without a gradient: update the others one by one, each at its own step
                 grads = grp.views(grp.grad) if grp.whole else [p.grad for p in grp.params]
                 ms, vs = grp.views(grp.exp_avg), grp.views(grp.exp_avg_sq)
                 for i, (p, g) in enumerate(zip(grp.params, grads)):
                     if g is not None:
                         grp.steps[i] += 1
-                        self._update(p.data, g, ms[i], vs[i], grp, *self._corrections(grp.steps[i]))
+                        self._update(p.data, g, ms[i], vs[i], grp, grp.steps[i], coef)
 
-    def _corrections(self, t):
-        """Adam's bias corrections at step t: 1 - beta1^t and sqrt(1 - beta2^t)."""
-        return 1.0 - self.beta1 ** t, math.sqrt(1.0 - self.beta2 ** t)
-
-    def _clip(self, max_norm):
-        """clip_grad_norm on the gradients the update will use (the flat buffers of whole groups)."""
-        return _clip_arrays(list(self._grad_arrays()), max_norm)
-
-    def _update(self, p, g, m, v, grp, bc1, bc2_sqrt):
-        """In place, in torch's order of operations. On the CPU in blocks of _BLOCK elements: each block's dozen
-        passes stay in the L2 cache, and big buffers spread the blocks over parallel_map's threads."""
-        xp = grp.params[0].xp
-        if xp is not np and kernels.enabled():
-            return kernels.adamw_update(p, g, m, v, grp.lr, self.beta1, self.beta2, self.eps, grp.weight_decay, bc1,
-                                        bc2_sqrt)
-        p, g, m, v = (a.reshape(-1) for a in (p, g, m, v))           # views: parameters and buffers are contiguous
-        n = p.size
-        step = _BLOCK if xp is np else n
-        blocks = [(i, min(i + step, n)) for i in range(0, n, step)]
-
-        def block(span):
-            r = slice(*span)
-            pb, gb, mb, vb = p[r], g[r], m[r], v[r]
-            tmp = xp.empty_like(pb)
-            if grp.weight_decay:
-                pb *= 1.0 - grp.lr * grp.weight_decay                 # p -= lr * wd * p
-            xp.subtract(gb, mb, out=tmp)
-            tmp *= 1.0 - self.beta1
-            mb += tmp                                                 # m = beta1 m + (1 - beta1) g   (torch's lerp)
-            vb *= self.beta2
-            xp.multiply(gb, gb, out=tmp)
-            tmp *= 1.0 - self.beta2
-            vb += tmp                                                 # v = beta2 v + (1 - beta2) g^2
-            xp.sqrt(vb, out=tmp)
-            tmp /= bc2_sqrt
-            tmp += self.eps                                           # denom = sqrt(v / (1 - beta2^t)) + eps
-            xp.divide(mb, tmp, out=tmp)
-            tmp *= grp.lr / bc1
-            pb -= tmp                                                 # p -= lr * m_hat / (sqrt(v_hat) + eps)
-        if n >= _PARALLEL:
-            parallel.parallel_map(block, blocks)
-        else:
-            for span in blocks:
-                block(span)
+    def _update(self, p, g, m, v, grp, t, coef):
+        """One AdamW update of p, m, v from g * coef at step t (bias corrections 1 - beta1^t, sqrt(1 - beta2^t))."""
+        adamw_update(p, g, m, v, grp.lr, self.beta1, self.beta2, self.eps, grp.weight_decay,
+                     1.0 - self.beta1 ** t, math.sqrt(1.0 - self.beta2 ** t), coef)
 
     def state_dict(self):
         """{"step": t, "steps": [per parameter], "exp_avg": [...], "exp_avg_sq": [...]}: host arrays in parameter
@@ -196,14 +154,45 @@ class AdamW:
             g.steps, steps = steps[:len(g.params)], steps[len(g.params):]
 
 
-def _clip_arrays(grads, max_norm):
-    """Scale `grads` in place by min(1, max_norm / (norm + 1e-6)), the norm summed in float64; returns the norm.
-    On the GPU everything stays on the device (no synchronisation): the norm comes back as a 0-d device array."""
-    if not grads:
-        return 0.0
+@twin
+def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, coef=1.0):
+    """In place, in torch's order of operations: g *= coef (gradient clipping), then p, m, v from g;
+    bc1 = 1 - beta1^t, bc2_sqrt = sqrt(1 - beta2^t). Python floats meet float32 arrays as float32 (NumPy's rule),
+    which the kernels repeat."""
+    xp = array_module(p)
+    if not (isinstance(coef, float) and coef == 1.0):
+        g *= xp.asarray(coef).astype(g.dtype)                      # clipped gradient
+    if weight_decay:
+        p *= 1.0 - lr * weight_decay                               # p -= lr * wd * p
+    m += (g - m) * (1.0 - beta1)                                   # m = beta1 m + (1 - beta1) g   (torch's lerp)
+    v *= beta2
+    v += (g * g) * (1.0 - beta2)                                   # v = beta2 v + (1 - beta2) g^2
+    denom = xp.sqrt(v) / bc2_sqrt + eps                            # sqrt(v / (1 - beta2^t)) + eps
+    p -= (m / denom) * (lr / bc1)                                  # p -= lr * m_hat / (sqrt(v_hat) + eps)
+
+
+@twin
+def grad_norm(grads):
+    """The global L2 norm of gradient arrays, summed in float64 (torch.nn.utils.clip_grad_norm_'s norm). On the GPU a
+    0-d device array (no synchronisation), else a float."""
     xp = array_module(grads[0])
     total = xp.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads))   # 0-d
-    coef = xp.minimum(1.0, max_norm / (total + 1e-6))
-    for g in grads:
-        g *= coef.astype(g.dtype)
     return float(total) if xp is np else total
+
+
+def _clip_coefficient(grads, max_norm):
+    """(norm, min(1, max_norm / (norm + 1e-6))) for `grads` (no gradients: norm 0, coefficient 1)."""
+    if not grads:
+        return 0.0, 1.0
+    norm = grad_norm(grads)
+    if isinstance(norm, float):
+        return norm, min(1.0, max_norm / (norm + 1e-6))
+    return norm, array_module(grads[0]).minimum(1.0, max_norm / (norm + 1e-6))
+
+
+def _clip_arrays(grads, max_norm):
+    """Scale `grads` in place by min(1, max_norm / (norm + 1e-6)); returns the norm."""
+    norm, coef = _clip_coefficient(grads, max_norm)
+    for g in grads:
+        g *= array_module(g).asarray(coef).astype(g.dtype)
+    return norm

@@ -35,8 +35,7 @@ import numpy as np
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from . import parallel
-from .backend import get_device, to_host, tune_host_allocator
+from .backend import get_device, to_host
 from .data import BatchSampler, CharTokenizer, Corpus, default_prompt, fixed_batches, load_corpus
 from .model import GPT, GPTConfig
 from .optim import AdamW
@@ -316,8 +315,6 @@ def train(preset=None, resume=False, force=False, stop_at=None, progress=True, s
     SaveFailed.
     """
     from tqdm.auto import tqdm
-    tune_host_allocator()                                            # reuse the step's large blocks (backend.py)
-    parallel.short_blas_spin()                                       # idle BLAS threads sleep soon (parallel.py)
     say = say or tqdm.write
     overrides = {k: v for k, v in overrides.items() if v is not None}
     dist = distributed.setup(ddp)                  # None: a plain run (mpi4py is never imported)

@@ -1,103 +1,138 @@
-"""numba.cuda kernels for the cuda device's hot spots. Each launcher has a NumPy twin of the same name that defines
-what it computes, and returns what the twin returns (the same caches too, so either backward takes either forward's
-cache):
+"""Compiled kernels for the fused layers: numba `@njit` on the CPU (NumPy arrays), numba.cuda on the GPU (CuPy
+arrays). Each kernel has a twin of the same name in functional.py or optim.py: plain array code that states the math
+and is the oracle the kernels are tested against (as llm.c keeps its CPU reference beside its CUDA kernels). A twin
+is decorated with `@twin`; calling it runs the kernel this table names for its arrays' device, or the twin itself
+where there is none or kernels are off. Launchers take the twins' arguments and return what the twins return.
 
-| launcher                                       | kernels in        | NumPy twin                                   |
-|------------------------------------------------|-------------------|----------------------------------------------|
-| layer_norm_forward, layer_norm_backward        | layernorm.py      | functional.layer_norm_forward / _backward    |
-| attention_forward, attention_backward          | attention.py      | functional.attention_forward / _backward     |
-|   (causal masked scaled softmax, fwd and bwd)  |                   |                                              |
-| cross_entropy_forward, cross_entropy_backward  | cross_entropy.py  | functional.cross_entropy_forward / _backward |
-| adamw_update                                   | adamw.py          | optim.AdamW._update                          |
-| dropout                                        | dropout_mask.py   | functional.dropout                           |
+| twin (functional.py, optim.py)                 | cpu: kernels/cpu/ | cuda: kernels/cuda/ |
+|------------------------------------------------|-------------------|---------------------|
+| embed_forward, embed_backward                  | embedding.py      | -                   |
+| epilogue_forward, epilogue_backward            | linear.py         | -                   |
+|   (bias, ReLU/GELU, residual; act'(.) and db)  |                   |                     |
+| layer_norm_forward, layer_norm_backward        | layernorm.py      | layernorm.py        |
+| attention_forward, attention_backward          | attention.py      | attention.py        |
+|   (causal masked scaled softmax, fwd and bwd)  |                   |                     |
+| cross_entropy_forward, cross_entropy_backward  | cross_entropy.py  | cross_entropy.py    |
+| dropout_apply                                  | dropout.py        | dropout_mask.py     |
+| adamw_update, grad_norm                        | adamw.py          | adamw.py (update)   |
 
-functional.py and optim.py call a launcher in place of their array code when the arrays are not NumPy arrays and
-`enabled()`. Nothing here imports numba or CuPy until that first happens (`import tinygrad_gpt` never does).
-TINYGRAD_GPT_KERNELS=0 turns the kernels off: the cuda device then runs the plain CuPy array code. So does a machine
-where numba's CUDA target cannot be loaded or sees no GPU, with one warning saying why.
+Caches: a kernel's forward returns the cache its own backward reads (the same layout as the twin's, except the CPU
+attention's blocked cache); turn kernels on or off between training steps, not between a forward and its backward.
+
+TINYGRAD_GPT_KERNELS=0 turns every kernel off (the twins run: NumPy on the CPU, CuPy on the GPU); `set_enabled`
+does the same from Python. Nothing here imports numba until a kernel is first called, so `import tinygrad_gpt`
+stays light. The CPU kernels' first use also makes the process-wide settings of kernels/cpu/setup.py (README,
+"Process-wide settings"). The CUDA kernels turn themselves off, with one warning saying why, where numba's CUDA
+target cannot be loaded or sees no GPU.
 """
+import functools
 import importlib
 import os
 import warnings
 
-_enabled = None
-_modules = {}
+import numpy as np
+
+TABLE = {
+    # twin                    (cpu module,       cuda module)
+    "embed_forward":          ("embedding",      None),
+    "embed_backward":         ("embedding",      None),
+    "epilogue_forward":       ("linear",         None),
+    "epilogue_backward":      ("linear",         None),
+    "layer_norm_forward":     ("layernorm",      "layernorm"),
+    "layer_norm_backward":    ("layernorm",      "layernorm"),
+    "attention_forward":      ("attention",      "attention"),
+    "attention_backward":     ("attention",      "attention"),
+    "cross_entropy_forward":  ("cross_entropy",  "cross_entropy"),
+    "cross_entropy_backward": ("cross_entropy",  "cross_entropy"),
+    "dropout_apply":          ("dropout",        "dropout_mask"),
+    "adamw_update":           ("adamw",          "adamw"),
+    "grad_norm":              ("adamw",          None),
+}
+DEVICES = ("cpu", "cuda")
+_OFF = ("0", "false", "no", "off")
+
+_enabled = {}            # device -> bool, decided on first use (or set by set_enabled)
+_launchers = {}          # (twin name, device) -> launcher or None
 
 
-def enabled():
-    """True when the cuda path should use these kernels (decided on the first call, from TINYGRAD_GPT_KERNELS and
-    whether numba's CUDA target loads)."""
-    global _enabled
-    if _enabled is None:
-        _enabled = _probe()
-    return _enabled
+def enabled(device="cuda"):
+    """True when `device` ("cpu" or "cuda") runs its kernels (decided on the first call, from TINYGRAD_GPT_KERNELS
+    and whether numba can compile for it)."""
+    if device not in _enabled:
+        _enabled[device] = _probe(device)
+    return _enabled[device]
 
 
-def set_enabled(flag):
-    """Turn the kernels on (True) or off (False) for this process, or back to the environment's choice (None)."""
-    global _enabled
-    _enabled = None if flag is None else bool(flag)
+def set_enabled(flag, device=None):
+    """Kernels on (True) or off (False) for this process, or back to the environment's choice (None); for one
+    device, or both."""
+    for d in DEVICES if device is None else (device,):
+        _enabled.pop(d, None)
+        if flag is not None:
+            _enabled[d] = bool(flag)
+    _launchers.clear()
 
 
-def _probe():
-    if os.environ.get("TINYGRAD_GPT_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+def _probe(device):
+    if os.environ.get("TINYGRAD_GPT_KERNELS", "1").strip().lower() in _OFF:
         return False
+    if device == "cpu":
+        try:
+            _module("cpu", "setup").configure()
+        except ImportError as e:   # numba is a dependency: only a broken installation gets here
+            warnings.warn(f"tinygrad_gpt: CPU kernels disabled, using NumPy code instead ({e}); reinstall numba",
+                          RuntimeWarning, stacklevel=4)
+            return False
+        return True
     try:
-        common = _module("_common")
+        common = _module("cuda", "_common")
         if not common.SIM and not common.cuda.is_available():
             raise RuntimeError("numba.cuda.is_available() is False")
     except Exception as e:  # ImportError, or a CUDA driver/bindings mismatch seen by numba
         warnings.warn(f"tinygrad_gpt: custom CUDA kernels disabled, using CuPy array code instead "
                       f"({type(e).__name__}: {e}). `pip install .[gpu]` brings numba-cuda; "
-                      "TINYGRAD_GPT_KERNELS=0 silences this.", RuntimeWarning, stacklevel=3)
+                      "TINYGRAD_GPT_KERNELS=0 silences this.", RuntimeWarning, stacklevel=4)
         return False
     return True
 
 
-def _module(name):
-    mod = _modules.get(name)
-    if mod is None:
-        mod = _modules[name] = importlib.import_module(f"{__name__}.{name}")
-    return mod
+def _module(device, name):
+    return importlib.import_module(f"{__name__}.{device}.{name}")
+
+
+def _device(first):
+    """"cpu" for NumPy arrays (and NumPy scalars, and lists of them), else "cuda" (CuPy)."""
+    if isinstance(first, (list, tuple)):
+        first = first[0] if first else np.empty(0)
+    return "cpu" if isinstance(first, (np.ndarray, np.generic)) else "cuda"
+
+
+def launcher(name, device):
+    """The kernel launcher for twin `name` on `device`, or None (no kernel there, or kernels off)."""
+    key = (name, device)
+    if key not in _launchers:
+        module = TABLE[name][DEVICES.index(device)]
+        _launchers[key] = getattr(_module(device, module), name) if module and enabled(device) else None
+    return _launchers[key]
+
+
+def twin(fn):
+    """Decorator for a twin: calls its kernel where the table has one for the device of the first argument."""
+    name = fn.__name__
+    if name not in TABLE:
+        raise KeyError(f"{name} is not in kernels.TABLE")
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        impl = launcher(name, _device(args[0]))
+        return (impl or fn)(*args, **kwargs)
+    call.reference = fn                     # the twin itself, whatever the table says (tests compare the two)
+    return call
 
 
 def warmup(dtype="float32"):
-    """Compile every kernel for `dtype` now (a benchmark calls this so no timed step pays for compilation)."""
+    """Compile every CUDA kernel for `dtype` now (a benchmark calls this so no timed step pays for compilation)."""
     for name in ("layernorm", "attention", "cross_entropy", "adamw", "dropout_mask"):
-        _module(name)
-    for kernel in _module("_common").REGISTRY:
+        _module("cuda", name)
+    for kernel in _module("cuda", "_common").REGISTRY:
         kernel(dtype)
-
-
-# ---- launchers (signatures of their twins) -----------------------------------------------------------------------
-
-def layer_norm_forward(x, w, b, eps=1e-5):
-    return _module("layernorm").layer_norm_forward(x, w, b, eps)
-
-
-def layer_norm_backward(g, cache):
-    return _module("layernorm").layer_norm_backward(g, cache)
-
-
-def attention_forward(q, k, v, keep=None, p=0.0):
-    return _module("attention").attention_forward(q, k, v, keep, p)
-
-
-def attention_backward(dy, cache):
-    return _module("attention").attention_backward(dy, cache)
-
-
-def cross_entropy_forward(logits, targets):
-    return _module("cross_entropy").cross_entropy_forward(logits, targets)
-
-
-def cross_entropy_backward(g, cache):
-    return _module("cross_entropy").cross_entropy_backward(g, cache)
-
-
-def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt):
-    return _module("adamw").adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt)
-
-
-def dropout(x, keep, p):
-    return _module("dropout_mask").dropout(x, keep, p)

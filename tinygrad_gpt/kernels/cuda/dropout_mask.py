@@ -1,5 +1,5 @@
 """Inverted dropout with a given keep-mask: out = x * (keep ? 1 / (1 - p) : 0) in one elementwise pass, forward and
-backward alike (the mask is not expanded to a float array). NumPy twin: functional.dropout.
+backward alike (the mask is not expanded to a float array). NumPy twin: functional.dropout_apply.
 """
 from numba import cuda
 
@@ -26,7 +26,8 @@ APPLY = Kernel("dropout_apply", _make, "void({f}[::1], boolean[::1], {f}, {f}[::
 
 
 def dropout_apply(x, keep, p, *, config=None):
-    """x * keep / (1 - p) for an array x and a keep-mask of x's shape (bool, or 0/1 of any dtype)."""
+    """Twin of functional.dropout_apply: x * keep / (1 - p) for an array x and a keep-mask of x's shape (bool, or
+    0/1 of any dtype)."""
     xp = array_module(x)
     if keep.dtype != bool:
         keep = keep != 0
@@ -40,12 +41,3 @@ def dropout_apply(x, keep, p, *, config=None):
         launch(APPLY, x.dtype, grid, threads, x1, k1, x.dtype.type(1.0 / (1.0 - p)), out.reshape(-1))
     return out
 
-
-def dropout(x, keep, p):
-    """Twin of functional.dropout: the graph node y = x * keep / (1 - p) on a Tensor x."""
-    from ..tensor import Tensor
-    if keep.dtype != bool:
-        keep = keep != 0
-    if keep.shape != x.shape:
-        keep = x.xp.ascontiguousarray(x.xp.broadcast_to(keep, x.shape))   # (x.shape) bool, kept for backward
-    return Tensor._make(dropout_apply(x.data, keep, p), (x,), lambda g: (dropout_apply(g, keep, p),), "dropout")

@@ -142,26 +142,36 @@ def causal_softmax_backward(dp, prob, t, scale, mask=None, *, config=None):
     return dp
 
 
-def attention_forward(q, k, v, keep=None, p=0.0, *, config=None):
-    """Twin of functional.attention_forward: q (B, H, t, hs); k, v (B, H, Tk, hs) -> y (B, H, t, hs), cache."""
+def attention_forward(q, k, v, keep=None, p=0.0, out=None, *, config=None):
+    """Twin of functional.attention_forward: q (B, H, t, hs); k, v (B, H, Tk, hs) -> y (B, H, t, hs), cache; y is
+    also written into `out` (an array or view) when given."""
     xp = array_module(q)
+    q, k, v = (xp.ascontiguousarray(a) for a in (q, k, v))        # views of qkv: the products want them packed
     t, hs = q.shape[-2], q.shape[-1]
     scale = float(hs) ** -0.5
     mask = None if keep is None else keep_scale(xp, keep, p, q.dtype)   # (B, H, t, Tk) M / (1 - p)
     s = xp.matmul(q, k.swapaxes(-1, -2))                           # (B, H, t, Tk) raw scores, contiguous
     prob, a = causal_softmax_forward(s, t, scale, mask, config=config)
     y = xp.matmul(a, v)                                            # (B, H, t, hs)  Y = A v
+    if out is not None:
+        out[...] = y
+        y = out
     return y, (q, k, v, prob, a, mask, scale)
 
 
-def attention_backward(dy, cache, *, config=None):
-    """Twin of functional.attention_backward: -> dq, dk, dv."""
+def attention_backward(dy, cache, out=None, *, config=None):
+    """Twin of functional.attention_backward: -> dq, dk, dv (also written into `out` = (dq, dk, dv) when given)."""
     q, k, v, prob, a, mask, scale = cache
     xp = array_module(dy)
+    dy = xp.ascontiguousarray(dy)
     t = q.shape[-2]
     dv = xp.matmul(a.swapaxes(-1, -2), dy)                         # dV = A^T dY          (B, H, Tk, hs)
     dp = xp.matmul(dy, v.swapaxes(-1, -2))                         # dA = dY V^T          (B, H, t, Tk)
     ds = causal_softmax_backward(dp, prob, t, scale, mask, config=config)   # dS (scale folded in)
     dq = xp.matmul(ds, k)                                          # dQ = dS K / sqrt(hs)   (B, H, t, hs)
     dk = xp.matmul(ds.swapaxes(-1, -2), q)                         # dK = dS^T Q / sqrt(hs) (B, H, Tk, hs)
+    if out is not None:
+        for o, g in zip(out, (dq, dk, dv)):
+            o[...] = g
+        return out
     return dq, dk, dv

@@ -1,5 +1,5 @@
 """The AdamW update, one elementwise pass over an optimizer group's flat buffers (parameters, gradients, both moments).
-NumPy twin: optim.AdamW._update, whose order of operations (torch's) it repeats one float operation at a time, with
+NumPy twin: optim.adamw_update, whose order of operations (torch's) it repeats one float operation at a time, with
 the same float32-rounded constants, so that it matches the twin exactly wherever the compiler does not contract a
 multiply-add (it does not in the simulator; on a GPU, FMA contraction can change the last bit).
 """
@@ -38,10 +38,13 @@ UPDATE = Kernel("adamw_update", _make,
                 "void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, {f}, {f}, {f})")
 
 
-def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, *, config=None):
-    """Twin of optim.AdamW._update: p, m, v updated in place from g; bc1 = 1 - beta1^t, bc2_sqrt = sqrt(1 - beta2^t).
+def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, coef=1.0, *, config=None):
+    """Twin of optim.adamw_update: g *= coef (gradient clipping; coef a float or a 0-d device array, so clipping needs
+    no synchronisation), then p, m, v updated in place from g; bc1 = 1 - beta1^t, bc2_sqrt = sqrt(1 - beta2^t).
     The constants are rounded to p's dtype once, on the host, as the twin's Python floats are when they meet it."""
     xp = array_module(p)
+    if not (isinstance(coef, float) and coef == 1.0):
+        g *= xp.asarray(coef).astype(g.dtype)
     # the optimizer's flat buffers are contiguous (no copies); a strided view is updated in a copy, written back
     arrays = [a if a.flags.c_contiguous else xp.ascontiguousarray(a) for a in (p, g, m, v)]
     f = p.dtype.type

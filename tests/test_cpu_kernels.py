@@ -1,0 +1,382 @@
+"""The numba CPU kernels (tinygrad_gpt/kernels/cpu/) against their NumPy twins (functional.py, optim.py), over shapes
+drawn by hypothesis: odd sizes, one row, widths that are not a multiple of the vector width, float32 and float64.
+
+Tolerances. A kernel and its twin compute the same formulas, but a kernel sums rows in another order (vectorised,
+reassociated) and computes exp and tanh with its own float32 functions (kernels/cpu/_math.py: within 6 units of
+roundoff u, below). A sum of n terms in floating point is off by at most n u sum|terms|, so two orders differ by at
+most 2 n u sum|terms|, plus a few more roundings per output; on O(1) random data sum|terms| / max|output| stays below
+~4, so normwise (max|a - b| / max|b|) the two agree within TOL(n) = 8 (n + 8) u, n the longest chain of
+reductions behind the output (C for LayerNorm's rows, N rows for column sums, V for the softmax, 2 Tk + hs for
+attention). u = 6.0e-8 in float32, 1.1e-16 in float64. What involves no reduction is checked exactly (bias, ReLU,
+residual, dropout, the embedding gather, AdamW: the kernel repeats the twin's float operations one by one).
+"""
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from helpers import rel_err
+from tinygrad_gpt import GPT, GPTConfig, Tensor, functional as F, kernels
+from tinygrad_gpt.kernels.cpu import attention as cpu_attention
+from tinygrad_gpt.optim import AdamW, adamw_update, grad_norm
+
+ROOT = Path(__file__).resolve().parents[1]
+DTYPES = [np.float32, np.float64]
+
+
+def u(dtype):
+    return float(np.finfo(dtype).eps) / 2
+
+
+def tol(dtype, n):
+    return 8 * (n + 8) * u(dtype)
+
+
+def close(ours, twin, bound, what="", floor=np.finfo(np.float64).tiny):
+    """rel_err(ours, twin) <= bound; `floor` the smallest max|twin| it divides by (see test_attention)."""
+    assert np.shape(ours) == np.shape(twin), f"{what}: shape {np.shape(ours)} vs {np.shape(twin)}"
+    assert np.asarray(ours).dtype == np.asarray(twin).dtype, f"{what}: dtype {np.asarray(ours).dtype}"
+    err = rel_err(ours, twin, floor)
+    assert err <= bound, f"{what}: relative error {err:.3g} > {bound:.3g}"
+
+
+rows = st.integers(1, 70)                      # 1 row, odd counts, more than one piece of 64 rows
+widths = st.sampled_from([1, 3, 7, 16, 17, 33, 65])
+seeds = st.integers(0, 2 ** 16)
+
+
+# ---- exp and tanh ------------------------------------------------------------------------------------------------
+
+def test_float32_exp_and_tanh_are_within_a_few_units():
+    """exp: the reduced argument r = x - k ln 2 carries <= 0.35 u of relative error, the degree-7 Horner sum ~1.6 u,
+    the final product 1 u, the truncation < 0.02 u: within 4 u of e^x; asserted at 6 u. tanh = 1 - 2 / (e^(2a) + 1):
+    its absolute error is at most ~6 u (the quotient's relative error times 2 / (e^(2a) + 1) <= 1, plus the
+    subtraction); asserted at 8 u."""
+    from numba import njit
+    from tinygrad_gpt.kernels.cpu._math import exp, tanh
+
+    @njit(error_model="numpy", fastmath={"reassoc", "contract"})
+    def both(x, e, t):
+        for i in range(x.shape[0]):
+            e[i] = exp(x[i])
+            t[i] = tanh(x[i] / np.float32(10))
+
+    x = np.linspace(-90, 90, 400_001, dtype=np.float32)
+    e, t = np.empty_like(x), np.empty_like(x)
+    both(x, e, t)
+    ref = np.exp(x.astype(np.float64))
+    normal = (ref > np.finfo(np.float32).tiny) & (ref < np.finfo(np.float32).max)
+    assert np.max(np.abs(e[normal] - ref[normal]) / ref[normal]) <= 6 * u(np.float32)
+    sub = ref <= np.finfo(np.float32).tiny          # subnormal results: within the last one's rounding (2^-149)
+    assert np.max(np.abs(e[sub] - ref[sub])) <= 2.0 ** -149 and np.all(np.isinf(e[ref > 3.5e38]))
+    assert np.max(np.abs(t - np.tanh(x.astype(np.float64) / 10))) <= 8 * u(np.float32)
+    edge = np.array([-np.inf, np.nan, 0.0, -0.0], np.float32)
+    both(edge, ee := np.empty_like(edge), te := np.empty_like(edge))
+    assert ee[0] == 0 and np.isnan(ee[1]) and ee[2] == 1 and np.isnan(te[1]) and te[2] == 0
+
+
+# ---- each kernel against its twin ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(n=rows, c=widths, bias=st.booleans(), seed=seeds)
+def test_layer_norm(dtype, n, c, bias, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c)) * 3 + 1).astype(dtype)
+    w, g = rng.standard_normal(c).astype(dtype), rng.standard_normal((n, c)).astype(dtype)
+    b = rng.standard_normal(c).astype(dtype) if bias else None
+    y, cache = F.layer_norm_forward(x, w, b)
+    y0, cache0 = F.layer_norm_forward.reference(x, w, b)
+    grads, grads0 = F.layer_norm_backward(g, cache), F.layer_norm_backward.reference(g, cache0)
+    for name, a, a0 in (("y", y, y0), ("mean", cache[1], cache0[1]), ("rstd", cache[2], cache0[2])):
+        close(a, a0, tol(dtype, c), name)
+    close(grads[1], grads0[1], tol(dtype, n + c), "dw")
+    close(grads[2], grads0[2], tol(dtype, n), "db")
+    if c > 1:
+        close(grads[0], grads0[0], tol(dtype, c), "dx")
+    else:   # every row constant: xhat = 0 exactly, so dw = 0 and dx = rstd (dxhat - mean(dxhat)) = 0 in exact
+        # arithmetic; the twin gets exactly 0, the kernel at most the rounding of dxhat = g w (a fused
+        # multiply-subtract keeps it): |dx| <= u |g w| rstd
+        assert np.all(grads[1] == 0) and np.all(grads0[0] == 0)
+        assert np.all(np.abs(grads[0]) <= u(dtype) * np.abs(g * w) * cache[2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(n=rows, d=widths, bias=st.booleans(), activation=st.sampled_from([None, "relu", "gelu"]),
+       residual=st.booleans(), seed=seeds)
+def test_linear_epilogue(dtype, n, d, bias, activation, residual, seed):
+    rng = np.random.default_rng(seed)
+    y = (rng.standard_normal((n, d)) * 2).astype(dtype)
+    b = rng.standard_normal(d).astype(dtype) if bias else None
+    r = rng.standard_normal((n, d)).astype(dtype) if residual and activation is None else None
+    g = rng.standard_normal((n, d)).astype(dtype)
+    ours, twin = y.copy(), y.copy()
+    saved = F.epilogue_forward(ours, b, activation, r)
+    saved0 = F.epilogue_forward.reference(twin, b, activation, r)
+    exact = activation != "gelu"                 # adds and max: the same roundings in the same order
+    if exact:
+        np.testing.assert_array_equal(ours, twin)
+    else:                                        # gelu through the kernels' tanh: a few u of |u| per element
+        close(ours, twin, 16 * u(dtype), "gelu")
+        np.testing.assert_array_equal(saved, saved0)           # the pre-activation: y + b, exactly
+    go, gt = g.copy(), g.copy()
+    db = F.epilogue_backward(go, saved, activation, bias)
+    db0 = F.epilogue_backward.reference(gt, saved0, activation, bias)
+    if exact:
+        np.testing.assert_array_equal(go, gt)
+    else:
+        close(go, gt, 32 * u(dtype), "gelu'")
+    if bias:
+        close(db, db0, tol(dtype, n) * (1 if exact else 4), "db")
+    else:
+        assert db is None and db0 is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(b=st.integers(1, 4), t=st.integers(1, 9), c=widths, v=st.integers(1, 40), seed=seeds)
+def test_embedding(dtype, b, t, c, v, seed):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v, (b, t))
+    tok, pos = rng.standard_normal((v, c)).astype(dtype), rng.standard_normal((t + 3, c)).astype(dtype)
+    for pos0 in (0, 3):
+        np.testing.assert_array_equal(F.embed_forward(idx, tok, pos, pos0), F.embed_forward.reference(idx, tok, pos, pos0))
+    g = rng.standard_normal((b, t, c)).astype(dtype)
+    for ours, twin, n in zip(F.embed_backward(idx, g, v, t + 3), F.embed_backward.reference(idx, g, v, t + 3),
+                             (b * t, b)):
+        close(ours, twin, tol(dtype, n), "embedding backward")
+    with pytest.raises(IndexError):
+        F.embed_forward(idx + v, tok, pos)       # an id past the table: an error, never a read out of bounds
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(n=rows, v=st.sampled_from([1, 2, 5, 65, 100]), seed=seeds)
+def test_cross_entropy(dtype, n, v, seed):
+    rng = np.random.default_rng(seed)
+    z = (rng.standard_normal((n, v)) * 3).astype(dtype)
+    y = rng.integers(0, v, n)
+    loss, cache = F.cross_entropy_forward(z, y)
+    loss0, cache0 = F.cross_entropy_forward.reference(z, y)
+    close(np.asarray(loss), np.asarray(loss0, dtype=dtype), tol(dtype, v + n), "loss")
+    close(cache[0], cache0[0], tol(dtype, v), "softmax")
+    g = dtype(0.75)
+    close(F.cross_entropy_backward(g, cache), F.cross_entropy_backward.reference(g, cache0), tol(dtype, v), "dz")
+    with pytest.raises(IndexError):
+        F.cross_entropy_forward(z, y + v)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(shape=st.sampled_from([(1,), (7,), (3, 5), (2, 3, 17)]), p=st.floats(0.0, 0.9), seed=seeds)
+def test_dropout(dtype, shape, p, seed):
+    rng = np.random.default_rng(seed)
+    x, keep = rng.standard_normal(shape).astype(dtype), rng.random(shape) >= p
+    np.testing.assert_array_equal(F.dropout_apply(x, keep, p), F.dropout_apply.reference(x, keep, p))
+
+
+@given(n=st.integers(1, 40_000), wd=st.sampled_from([0.0, 0.1]), coef=st.sampled_from([1.0, 0.37]), seed=seeds)
+def test_adamw_update_repeats_the_twin_exactly(n, wd, coef, seed):
+    """Three float32 steps: the kernel repeats the twin's operations one by one (no fused multiply-add), so the
+    parameters, moments and clipped gradients are the same bits."""
+    rng = np.random.default_rng(seed)
+    state = [rng.standard_normal(n).astype(np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)]
+    twin = [a.copy() for a in state]
+    for t in range(1, 4):
+        g = rng.standard_normal(n).astype(np.float32)
+        args = (3e-3, 0.9, 0.95, 1e-8, wd, 1 - 0.9 ** t, (1 - 0.95 ** t) ** 0.5, coef)
+        g1, g2 = g.copy(), g.copy()
+        adamw_update(state[0], g1, state[1], state[2], *args)
+        adamw_update.reference(twin[0], g2, twin[1], twin[2], *args)
+        np.testing.assert_array_equal(g1, g2)
+        for a, b in zip(state, twin):
+            np.testing.assert_array_equal(a, b)
+
+
+@given(sizes=st.lists(st.integers(1, 50_000), min_size=1, max_size=4), seed=seeds)
+def test_grad_norm(sizes, seed):
+    """float64 sums of squares in pieces against NumPy's pairwise float64 sum: both within n u of the true sum."""
+    rng = np.random.default_rng(seed)
+    grads = [rng.standard_normal(s).astype(np.float32) for s in sizes]
+    assert abs(grad_norm(grads) - grad_norm.reference(grads)) <= 4 * sum(sizes) * u(np.float64) * grad_norm.reference(grads)
+
+
+def _attention_inputs(dtype, b, h, t, tk, hs, p, seed):
+    rng = np.random.default_rng(seed)
+    q, k, v, dy = (rng.standard_normal(s).astype(dtype) for s in ((b, h, t, hs), (b, h, tk, hs), (b, h, tk, hs),
+                                                                   (b, h, t, hs)))
+    keep = rng.random((b, h, t, tk)) >= p if p else None
+    return q, k, v, dy, keep
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(b=st.integers(1, 3), h=st.integers(1, 3), t=st.integers(1, 20), extra=st.sampled_from([0, 0, 3]),
+       hs=st.sampled_from([1, 4, 7]), p=st.sampled_from([0.0, 0.3]), small_blocks=st.booleans(), seed=seeds)
+def test_attention(dtype, b, h, t, extra, hs, p, small_blocks, seed):
+    """Queries the last t of Tk = t + extra positions (a key/value cache offset when extra > 0), with and without a
+    dropout keep-mask, in one block or many small ones (8 queries per block, one batch row per group, threaded).
+    Gradients that are 0 in exact arithmetic (dq and dk when each query sees one key: dS = P (dP - D) with P = 1 and
+    D = dP) come out as rounding residues of size u |dY| |V| from either code (D is dY . Y in the kernel, sum dP P in
+    the twin), so the relative measure divides by at least 1e-3 (inputs and gradients are O(1) here)."""
+    q, k, v, dy, keep = _attention_inputs(dtype, b, h, t, t + extra, hs, p, seed)
+    with blocks_of(1 if small_blocks else None):
+        y, cache = F.attention_forward(q, k, v, keep, p)
+        grads = F.attention_backward(dy, cache)
+    y0, cache0 = F.attention_forward.reference(q, k, v, keep, p)
+    grads0 = F.attention_backward.reference(dy, cache0)
+    bound = tol(dtype, 2 * (t + extra) + hs)
+    close(y, y0, bound, "y")
+    for name, a, a0 in zip(("dq", "dk", "dv"), grads, grads0):
+        close(a, a0, bound, name, floor=1e-3)
+
+
+@contextlib.contextmanager
+def blocks_of(n):
+    """The CPU attention in blocks of about n scores, 8 queries each, threaded whatever the size (None: defaults)."""
+    names = ("BLOCK_SCORES", "QUERY_BLOCK", "PARALLEL_SCORES")
+    saved = [getattr(cpu_attention, k) for k in names]
+    if n is not None:
+        for name, value in zip(names, (n, 8, 0)):
+            setattr(cpu_attention, name, value)
+    try:
+        yield
+    finally:
+        for name, value in zip(names, saved):
+            setattr(cpu_attention, name, value)
+
+
+def test_attention_masked_entries_are_exactly_zero():
+    q, k, v, dy, _ = _attention_inputs(np.float32, 2, 2, 9, 9, 4, 0.0, 1)
+    with blocks_of(1):
+        _, cache = F.attention_forward(q, k, v)
+        blocks = dict(cache[7])                                   # (b0, i0) -> (P^T, A^T)
+    for (b0, i0), (pt, _) in blocks.items():
+        kn, n = pt.shape[-2:]
+        j, i = np.arange(kn)[:, None], np.arange(n)[None, :] + i0
+        assert np.all(pt[..., j > i] == 0) and np.all(pt[..., j <= i] > 0)
+
+
+# ---- threads, determinism, the whole model -----------------------------------------------------------------------
+
+def _gpt_step(dtype, steps=1, seed=0):
+    """The loss, every gradient (of the last step) and every parameter after `steps` AdamW steps (clipped) of a small
+    GPT with dropout."""
+    cfg = GPTConfig(vocab_size=17, block_size=24, n_embd=32, n_head=4, n_layer=2, dropout=0.2)
+    model = GPT(cfg, seed=seed, dtype=dtype)
+    opt = AdamW(model.parameters(), lr=1e-2, max_grad_norm=1.0)
+    rng = np.random.default_rng(seed)
+    x, y = rng.integers(0, 17, (6, 24)), rng.integers(0, 17, (6, 24))
+    for _ in range(steps):
+        _, loss = model(Tensor(x), Tensor(y))
+        opt.zero_grad()
+        loss.backward()
+        if steps > 1 or dtype == np.float32:
+            opt.step()
+    return [loss.numpy()] + [p.grad.copy() for p in model.parameters()] + [p.data.copy() for p in model.parameters()]
+
+
+THREADS_RUN = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+import test_cpu_kernels as T
+from tinygrad_gpt.kernels.cpu import _jit, attention
+_jit.PARALLEL_WORK = 0                                   # every kernel launch in its parallel version
+attention.BLOCK_SCORES, attention.QUERY_BLOCK, attention.PARALLEL_SCORES = 1, 8, 0   # many groups, on the pool
+np.savez({out!r}, *T._gpt_step(np.float32, steps=2))
+"""
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_the_thread_count_changes_no_bits(tmp_path, parallel):
+    """Two AdamW steps (dropout, clipping) with 1 and with 2 threads (numba's and the BLAS's, and the attention's
+    pool): the same bits, since each kernel splits its work into pieces that do not depend on the thread count and
+    adds partial results in a fixed order, and the attention's blocks do not depend on how they are grouped."""
+    results = []
+    for n in ("1", "2"):
+        out = tmp_path / f"step{n}.npz"
+        code = THREADS_RUN.format(tests=str(ROOT / "tests"), out=str(out))
+        if not parallel:
+            code = code.replace("_jit.PARALLEL_WORK = 0", "_jit.PARALLEL_WORK = 1 << 62")
+        _python(code, NUMBA_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, OMP_NUM_THREADS=n)
+        data = np.load(out)
+        results.append([data[k] for k in sorted(data.files, key=lambda k: int(k.split("_")[1]))])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_same_seed_same_bits():
+    for a, b in zip(_gpt_step(np.float32, steps=3), _gpt_step(np.float32, steps=3)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("small_blocks", [False, True])
+def test_model_step_with_kernels_matches_the_twins(small_blocks):
+    """The loss and every gradient of a float64 step with dropout: kernels on (one attention block, or many small
+    ones) and off (the NumPy twins) agree to float64 rounding: the reductions' orders differ (~1e-15 relative);
+    1e-12 leaves room for the model's depth, while a wrong formula is off by O(1)."""
+    with blocks_of(1 if small_blocks else None):
+        ours = _gpt_step(np.float64)
+    kernels.set_enabled(False, "cpu")
+    try:
+        twins = _gpt_step(np.float64)
+    finally:
+        kernels.set_enabled(None, "cpu")
+    for a, b in zip(ours, twins):
+        close(a, b, 1e-12, "model step")
+
+
+# ---- the table, first use, the disk cache -------------------------------------------------------------------------
+
+def test_every_table_entry_has_launchers_with_the_twins_signature():
+    import inspect
+    from tinygrad_gpt import optim
+    for name, modules in kernels.TABLE.items():
+        twin = getattr(F, name, None) or getattr(optim, name)
+        want = list(inspect.signature(twin.reference).parameters)
+        for device, module in zip(kernels.DEVICES, modules):
+            if module is None:
+                continue
+            if device == "cuda":
+                pytest.importorskip("numba.cuda")
+            fn = getattr(kernels._module(device, module), name)
+            got = [p for p in inspect.signature(fn).parameters if p != "config"]
+            assert got == want, f"{device} {module}.{name}{got} vs twin {want}"
+
+
+def _python(code, **env):
+    e = dict(os.environ, PYTHONPATH=str(ROOT))
+    for k in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "TINYGRAD_GPT_TUNE", "TINYGRAD_GPT_KERNELS"):
+        e.pop(k, None)
+    e.update(env)
+    proc = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+STEP = ("import numpy as np, os\nfrom tinygrad_gpt import GPT, GPTConfig\n"
+        "m = GPT(GPTConfig(vocab_size=5, block_size=4, n_embd=8, n_head=2, n_layer=1))\n"
+        "before = dict(os.environ)\nm(np.zeros((1, 4), int), np.zeros((1, 4), int))[1].backward()\n")
+
+
+def test_first_use_makes_the_process_settings_once_and_the_environment_turns_them_off():
+    out = _python(STEP + "print(sorted(k for k in os.environ if k not in before))")
+    assert out.strip() == "['OMP_WAIT_POLICY', 'OPENBLAS_THREAD_TIMEOUT']"
+    assert _python(STEP + "print(dict(os.environ) == before)", TINYGRAD_GPT_TUNE="0").strip() == "True"
+    # a user's own choices are kept
+    out = _python(STEP + "print(os.environ['OMP_WAIT_POLICY'])", OMP_WAIT_POLICY="active")
+    assert out.strip() == "active"
+
+
+def test_kernels_fall_back_to_the_user_cache_when_the_package_is_not_writable(tmp_path):
+    """numba caches next to the source when it can, else under the user's cache directory (NUMBA_CACHE_DIR when set).
+    Root can write anywhere, so an unwritable package directory is simulated by making numba's in-tree locator
+    refuse; the kernels then cache under NUMBA_CACHE_DIR, and a second process loads them from there."""
+    code = ("from numba.core import caching\n"
+            "def refuse(self): raise OSError('read-only')\n"
+            "caching.InTreeCacheLocator.ensure_cache_path = refuse\n" + STEP +
+            "import glob; print(len(glob.glob(os.path.join(os.environ['NUMBA_CACHE_DIR'], '**', '*.nbi'), "
+            "recursive=True)))")
+    first = int(_python(code, NUMBA_CACHE_DIR=str(tmp_path)).strip())
+    assert first >= 5                     # embedding, LayerNorm, epilogues, attention, cross-entropy, AdamW index files
+    assert int(_python(code, NUMBA_CACHE_DIR=str(tmp_path)).strip()) == first   # reused, nothing new written

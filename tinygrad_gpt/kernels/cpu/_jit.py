@@ -1,0 +1,59 @@
+"""Compiling the CPU kernels: each kernel is written once, with `prange` over independent pieces of work, and
+compiled twice by numba, serial and parallel, both cached on disk.
+
+Why two: numba's parallel loops run on a pool of OpenMP threads, and handing work to it costs tens of microseconds
+on a small VM (waking a sleeping thread on another core). A kernel over a few thousand elements takes less than that,
+so launchers call `kernel.run(work, *args)`: the parallel version when `work` (elements touched) reaches
+PARALLEL_WORK, the serial one otherwise. The choice depends on the size only, never on the thread count, and every
+kernel splits its work into pieces that do not depend on the thread count and combines partial results in a fixed
+order: so the bits of a result do not depend on how many threads numba has (NUMBA_NUM_THREADS, the cores by
+default). (The two compilations may round differently from each other: LLVM vectorises each on its own.)
+
+Floating point: fastmath is limited to reassociation (so row sums vectorise) and contraction (fused multiply-add);
+NaN and infinity keep their IEEE meaning (a diverging loss must still be seen as NaN). A kernel that must repeat its
+twin's float operations exactly (AdamW) turns both off. Division follows NumPy (x / 0 is inf or nan, no
+ZeroDivisionError check, which would stop a loop from vectorising). Scalars reach a kernel in the arrays' dtype
+(launchers convert them), and kernels write constants as `ft(...)` with `ft = x.dtype.type`, so a float32 kernel
+computes in float32; exp and tanh come from _math.py (vectorisable in float32).
+
+Cache: `cache=True` stores the compiled code beside this package (`__pycache__`), or, where that directory is not
+writable (a read-only site-packages), in numba's user-wide cache directory (NUMBA_CACHE_DIR overrides both).
+"""
+import types
+
+import numba
+
+FASTMATH = {"reassoc", "contract"}
+PARALLEL_WORK = 1 << 18        # elements a launch touches before its parallel version pays (see docs/cpu-performance.md)
+
+
+class Kernel:
+    """A numba kernel compiled serial and parallel (on first use of each, for the argument types it meets)."""
+
+    def __init__(self, fn, exact=False):
+        self.__name__, self.__doc__ = fn.__name__, fn.__doc__
+        options = dict(cache=True, nogil=True, error_model="numpy", fastmath=set() if exact else FASTMATH)
+        self.serial = numba.njit(**options)(fn)
+        # a renamed copy of the function: numba's disk cache is keyed by the function's qualified name, so the
+        # parallel compilation gets its own cache entry instead of overwriting the serial one
+        par = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel", fn.__defaults__,
+                                 fn.__closure__)
+        par.__qualname__ = fn.__qualname__ + "_parallel"
+        self.parallel = numba.njit(parallel=True, **options)(par)
+
+    def run(self, work, *args):
+        """Call the parallel version when `work` elements are enough to pay for the thread hand-off."""
+        if work >= PARALLEL_WORK:
+            return self.parallel(*args)
+        return self.serial(*args)
+
+    def __call__(self, *args):
+        return self.serial(*args)
+
+
+def kernel(fn=None, *, exact=False):
+    """Decorator: @kernel, or @kernel(exact=True) for a kernel that repeats its twin's float operations one by one
+    (no reassociation, no fused multiply-add)."""
+    if fn is None:
+        return lambda f: Kernel(f, exact)
+    return Kernel(fn, exact)
