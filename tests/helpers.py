@@ -4,7 +4,8 @@
 inputs are passed as they are; module parameters are matched by name), compares the forward outputs, then the
 gradients of sum_k (out_k * dout_k).sum() for random upstream gradients `dout_k`, and returns every error.
 `assert_errors` asserts one tolerance over them. `check` is the one-line op test built on both: float64, the op
-tolerance TOL, and the second oracle, float64 central differences (`tinygrad_gpt.gradcheck`).
+tolerance TOL, and the second oracle, float64 central differences (`tinygrad_gpt.gradcheck`). `check_or_raise` is
+`check` for argument edge cases: where torch raises, ours must raise an exception of the same type.
 
 Error measure (per compared array a = ours, b = torch):
     rel_err(a, b, tiny) = max|a - b| / max(max|b|, tiny)
@@ -131,6 +132,32 @@ def check(op, inputs, fn, torch_fn=None, *, grad=True, fd=True, tol=TOL, seed=0)
     if grad and fd:
         gradcheck(fn, inputs, seed=seed)
     return fwd, bwd
+
+
+# torch's exception types a check_or_raise compares: a torch error is matched by the first of these it derives from
+EXCEPTIONS = (IndexError, TypeError, NotImplementedError, RuntimeError, ValueError)
+
+
+def check_or_raise(op, inputs, fn, torch_fn=None, **kw):
+    """`check` where torch computes a result; where torch raises, ours must raise the same kind of exception (one
+    of EXCEPTIONS: ours may be a subclass, as TensorError is both RuntimeError and ValueError), with a message.
+    Returns "raised" or "computed" (so a test can count that it saw both)."""
+    torch_fn = torch_fn or fn
+    try:
+        torch_fn(*[torch.tensor(np.asarray(x)) for x in inputs])
+    except Exception as e:  # noqa: BLE001 (any torch error: ours must raise its kind)
+        kind = next(k for k in EXCEPTIONS if isinstance(e, k))
+        try:
+            fn(*[Tensor(np.asarray(x)) for x in inputs])
+        except kind as ours:
+            assert str(ours), f"{op}: {type(ours).__name__} without a message (torch: {e})"
+            return "raised"
+        except Exception as ours:  # noqa: BLE001
+            raise AssertionError(f"{op}: torch raises {type(e).__name__} ({e}), ours {type(ours).__name__} "
+                                 f"({ours})") from ours
+        raise AssertionError(f"{op}: torch raises {type(e).__name__} ({e}), ours computes a result")
+    check(op, inputs, fn, torch_fn, **kw)
+    return "computed"
 
 
 def error_summary():
