@@ -41,6 +41,7 @@ from tinygrad_gpt.tensor import Tensor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "kernel_sim_run.py"
+pytestmark = pytest.mark.slow  # the simulator and the PTX compiler run in subprocesses (~30 s)
 
 
 def unit_roundoff(dtype):
