@@ -476,3 +476,9 @@ def test_exact_gelu_with_kernels_off_equals_gelu_with_kernels_on(monkeypatch):
         monkeypatch.setenv("TINYGRAD_GPT_KERNELS", "0")
         off = Tensor(x).gelu(approximate="none").numpy()
     np.testing.assert_allclose(off, on, rtol=4 * np.finfo(np.float64).eps, atol=0)
+
+
+def test_the_cuda_erf_exists_in_cupy():
+    """On cuda the exact GELU calls cupyx.scipy.special.erf (importable without a GPU)."""
+    special = pytest.importorskip("cupyx.scipy.special", reason="CuPy is not installed")
+    assert callable(special.erf)
