@@ -1,7 +1,11 @@
-"""The one comparison helper (in the spirit of tinygrad's helper_test_op): the same NumPy arrays go into a
-tinygrad_gpt function and its torch twin; the forward outputs are compared, then the gradients of
-(out * dout).sum() for a random upstream gradient `dout`; optionally the op is also checked against float64 central
-differences with `tinygrad_gpt.gradcheck` (the second oracle).
+"""The one comparison helper (in the spirit of tinygrad's helper_test_op), used from single ops up to the whole GPT.
+
+`compare` feeds the same arrays to a tinygrad_gpt function and its torch twin (float inputs get gradients, integer
+inputs are passed as they are; module parameters are matched by name), compares the forward outputs, then the
+gradients of sum_k (out_k * dout_k).sum() for random upstream gradients `dout_k`, and returns every error.
+`assert_errors` asserts one tolerance over them. `check` is the one-line op test built on both: float64, the op
+tolerance TOL, and the second oracle, float64 central differences (`tinygrad_gpt.gradcheck`). `check_or_raise` is
+`check` for argument edge cases: where torch raises, ours must raise an exception of the same type.
 
 Error measure (per compared array a = ours, b = torch):
     rel_err(a, b, tiny) = max|a - b| / max(max|b|, tiny)
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 from tinygrad_gpt import Tensor, gradcheck
+from tinygrad_gpt.backend import to_host
 
 TOL = 1e-10
 TINY = np.finfo(np.float64).tiny
@@ -50,46 +55,109 @@ def _as_list(out):
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
+def compare(ours_fn, torch_fn, inputs, ours_params=None, torch_params=None, *, grad=True, seed=0, floor=TINY,
+            device="cpu"):
+    """Run ours_fn(*Tensors), then torch_fn(*torch tensors), on the same arrays `inputs` (float arrays get gradients,
+    integer arrays are passed as they are, to ours as NumPy arrays); compare the outputs (a tensor or a list), then,
+    with `grad`, the gradients of sum_k (out_k * dout_k).sum(), dout_k ~ N(0, 1) drawn from `seed`, for every float
+    input and every parameter ({name: param} of each engine; the names must match; grads zeroed before).
+
+    Returns {"forward": err, "grad input i": err, "grad <name>": err}, each a rel_err with this `floor`."""
+    ours_params, torch_params = ours_params or {}, torch_params or {}
+    assert sorted(ours_params) == sorted(torch_params), \
+        f"parameter names differ: ours {sorted(ours_params)}, torch {sorted(torch_params)}"
+    ours_in, torch_in = [], []
+    for x in inputs:
+        x = np.asarray(x)
+        is_float = x.dtype.kind == "f"
+        ours_in.append(Tensor(x.copy(), requires_grad=grad, device=device) if is_float else x.copy())
+        torch_in.append(torch.tensor(x, requires_grad=grad and is_float))
+    ours, theirs = _as_list(ours_fn(*ours_in)), _as_list(torch_fn(*torch_in))
+    assert len(ours) == len(theirs), f"{len(ours)} outputs, torch gives {len(theirs)}"
+    for o, t in zip(ours, theirs):
+        assert o.dtype == t.detach().numpy().dtype, f"output dtype {o.dtype}, torch {t.dtype}"
+    errors = {"forward": max((rel_err(o.numpy(), t.detach().numpy(), floor) for o, t in zip(ours, theirs)),
+                             default=0.0)}
+    if not grad or not ours:  # (a split into no pieces has no output to differentiate)
+        return errors
+
+    # its own stream: drawn from the inputs' seed, dout would be proportional to the input (LayerNorm then cancels)
+    rng = np.random.default_rng((seed, 0xD0))
+    douts = [rng.standard_normal(t.shape).astype(o.dtype) for o, t in zip(ours, theirs)]
+    with np.errstate(invalid="ignore"):  # only differentiated: outputs holding -inf (masked_fill) may sum to nan
+        loss = sum((o * Tensor(d, device=o.device)).sum() for o, d in zip(ours, douts))
+    torch_loss = sum((t * torch.from_numpy(d)).sum() for t, d in zip(theirs, douts))
+    if loss.requires_grad:  # else no input reaches the output: every gradient must then be None or zero
+        loss.backward()
+    if torch_loss.requires_grad:
+        torch_loss.backward()
+    for i, (o, t) in enumerate(zip(ours_in, torch_in)):
+        if isinstance(o, Tensor):
+            errors[f"grad input {i}"] = _grad_err(o.grad, t.grad, f"input {i}", o.shape, floor)
+    for name, p in ours_params.items():
+        errors[f"grad {name}"] = _grad_err(p.grad, torch_params[name].grad, name, p.shape, floor)
+    return errors
+
+
+def _grad_err(ours, theirs, what, shape, floor):
+    """rel_err of two gradients; None (no gradient reached the input) stands for zeros."""
+    ours = np.zeros(shape) if ours is None else np.asarray(to_host(ours), dtype=np.float64)
+    theirs = np.zeros(shape) if theirs is None else theirs.numpy()
+    assert ours.shape == theirs.shape == tuple(shape), \
+        f"gradient of {what} has shape {ours.shape}, torch's {theirs.shape}, the input {tuple(shape)}"
+    return rel_err(ours, theirs, floor)
+
+
+def assert_errors(errors, tol_fwd, tol_grad, what=""):
+    """One assertion over a dict of errors from `compare`; the message names the worst entries."""
+    bad = {k: v for k, v in errors.items() if not v <= (tol_fwd if k == "forward" else tol_grad)}
+    assert not bad, f"{what}: errors above tolerance (fwd {tol_fwd:.3g}, grad {tol_grad:.3g}): " + ", ".join(
+        f"{k}={v:.3g}" for k, v in sorted(bad.items(), key=lambda kv: -kv[1]))
+
+
 def check(op, inputs, fn, torch_fn=None, *, grad=True, fd=True, tol=TOL, seed=0):
-    """Compare `fn` (on tinygrad_gpt Tensors) with `torch_fn` (on torch tensors; `fn` itself when omitted) at the
-    float64 arrays `inputs`. Returns (forward error, gradient error), each the largest rel_err over outputs and
-    inputs, after asserting both are <= `tol`. With `grad` the gradients of sum_k (out_k * dout_k).sum() are
-    compared (dout_k random, from `seed`); with `fd` the op must also pass `gradcheck`. The largest errors per `op`
-    are recorded in MAX_ERRORS."""
-    torch_fn = torch_fn or fn
+    """The op test: `compare` `fn` (on tinygrad_gpt Tensors) with `torch_fn` (on torch tensors; `fn` itself when
+    omitted) at the float64 arrays `inputs`, floor OP_FLOOR, and assert the forward and every gradient error <= `tol`;
+    with `fd` the op must also pass `gradcheck`. Returns (forward error, largest gradient error), and records the
+    largest errors per `op` in MAX_ERRORS."""
     inputs = [np.asarray(x) for x in inputs]
     for x in inputs:
         assert x.dtype == np.float64, f"check() takes float64 inputs, got {x.dtype}"
-
-    ours_in = [Tensor(x.copy(), requires_grad=grad) for x in inputs]
-    theirs_in = [torch.tensor(x, dtype=torch.float64, requires_grad=grad) for x in inputs]
-    ours, theirs = _as_list(fn(*ours_in)), _as_list(torch_fn(*theirs_in))
-    assert len(ours) == len(theirs), f"{op}: {len(ours)} outputs, torch gives {len(theirs)}"
-    for o, t in zip(ours, theirs):
-        assert o.dtype == np.float64, f"{op}: float64 inputs gave a {o.dtype} output"
-    fwd = max(rel_err(o.numpy(), t.detach().numpy(), OP_FLOOR) for o, t in zip(ours, theirs))
-
-    bwd = 0.0
-    if grad:
-        rng = np.random.default_rng(seed)
-        douts = [rng.standard_normal(t.shape) for t in theirs]
-        loss = sum((o * Tensor(d)).sum() for o, d in zip(ours, douts))
-        tloss = sum((t * torch.from_numpy(d)).sum() for t, d in zip(theirs, douts))
-        loss.backward()
-        tloss.backward()
-        for i, (o, t) in enumerate(zip(ours_in, theirs_in)):
-            tg = np.zeros(t.shape) if t.grad is None else t.grad.numpy()
-            og = np.zeros(o.shape) if o.grad is None else o.grad
-            assert np.shape(og) == tg.shape, f"{op}: gradient of input {i} has shape {np.shape(og)}, torch {tg.shape}"
-            bwd = max(bwd, rel_err(og, tg, OP_FLOOR))
-
+    errors = compare(fn, torch_fn or fn, inputs, grad=grad, seed=seed, floor=OP_FLOOR)
+    fwd = errors["forward"]
+    bwd = max([v for k, v in errors.items() if k != "forward"], default=0.0)
     worst = MAX_ERRORS.setdefault(op, [0.0, 0.0])
     worst[0], worst[1] = max(worst[0], fwd), max(worst[1], bwd)
-    assert fwd <= tol, f"{op}: forward differs from torch, relative error {fwd:.3g} > {tol:g}"
-    assert bwd <= tol, f"{op}: gradient differs from torch autograd, relative error {bwd:.3g} > {tol:g}"
+    assert_errors(errors, tol, tol, f"{op} against torch")
     if grad and fd:
         gradcheck(fn, inputs, seed=seed)
     return fwd, bwd
+
+
+# torch's exception types a check_or_raise compares: a torch error is matched by the first of these it derives from
+EXCEPTIONS = (IndexError, TypeError, NotImplementedError, RuntimeError, ValueError)
+
+
+def check_or_raise(op, inputs, fn, torch_fn=None, **kw):
+    """`check` where torch computes a result; where torch raises, ours must raise the same kind of exception (one
+    of EXCEPTIONS: ours may be a subclass, as TensorError is both RuntimeError and ValueError), with a message.
+    Returns "raised" or "computed" (so a test can count that it saw both)."""
+    torch_fn = torch_fn or fn
+    try:
+        torch_fn(*[torch.tensor(np.asarray(x)) for x in inputs])
+    except Exception as e:  # noqa: BLE001 (any torch error: ours must raise its kind)
+        kind = next(k for k in EXCEPTIONS if isinstance(e, k))
+        try:
+            fn(*[Tensor(np.asarray(x)) for x in inputs])
+        except kind as ours:
+            assert str(ours), f"{op}: {type(ours).__name__} without a message (torch: {e})"
+            return "raised"
+        except Exception as ours:  # noqa: BLE001
+            raise AssertionError(f"{op}: torch raises {type(e).__name__} ({e}), ours {type(ours).__name__} "
+                                 f"({ours})") from ours
+        raise AssertionError(f"{op}: torch raises {type(e).__name__} ({e}), ours computes a result")
+    check(op, inputs, fn, torch_fn, **kw)
+    return "computed"
 
 
 def error_summary():

@@ -2,9 +2,7 @@
 
 - `make_pair` builds a tinygrad_gpt GPT and the torch reference GPT (reference/model.py) holding the SAME weights,
   bit for bit, in float64 or float32.
-- `compare` is the comparison helper (STYLE item 7): one callable per engine, the same input arrays, the forward
-  outputs compared, then the gradients of (out * dout).sum() for a random `dout`, for the inputs and for every
-  parameter, matched by name. It returns every error, so a test asserts one tolerance over all of them.
+- The comparison itself is helpers.compare (the one helper, STYLE item 7), with `named_params` of each engine.
 - The float32 tolerance model (`f32_tol`) is derived in its docstring.
 
 Error measure (helpers.rel_err): max|ours - torch| / max|torch| over an array (normwise).
@@ -16,8 +14,7 @@ import numpy as np
 import torch
 
 import reference
-from helpers import rel_err
-from tinygrad_gpt import GPT, GPTConfig, Tensor
+from tinygrad_gpt import GPT, GPTConfig
 
 U64 = float(np.finfo(np.float64).eps) / 2     # unit roundoff of float64, 1.1e-16
 U32 = float(np.finfo(np.float32).eps) / 2     # unit roundoff of float32, 6.0e-8
@@ -154,54 +151,6 @@ def make_pair(cfg_kwargs, dtype=np.float64, seed=0, randomize=True):
 def named_params(module):
     """{name: tensor} of a tinygrad_gpt module or a torch module."""
     return dict(module.named_parameters())
-
-
-def compare(ours_fn, ref_fn, inputs, ours_params=None, ref_params=None, seed=0):
-    """Run ours_fn(*Tensors) and ref_fn(*torch tensors) on the same arrays (float inputs get gradients, integer
-    inputs are passed as they are); compare outputs, then the gradients of (out * dout).sum(), dout random, for
-    every float input and every parameter ({name: param} of each engine; names must match).
-
-    Returns {"forward": err, "grad input i": err, "grad <name>": err}. Parameter grads must be zeroed before.
-    """
-    ours_params, ref_params = ours_params or {}, ref_params or {}
-    assert sorted(ours_params) == sorted(ref_params), \
-        f"parameter names differ: ours {sorted(ours_params)}, reference {sorted(ref_params)}"
-    ours_in, ref_in = [], []
-    for x in inputs:
-        x = np.asarray(x)
-        grad = x.dtype.kind == "f"
-        ours_in.append(Tensor(x.copy(), requires_grad=True) if grad else x.copy())
-        ref_in.append(torch.tensor(x, requires_grad=grad))
-    out, ref_out = ours_fn(*ours_in), ref_fn(*ref_in)
-    assert out.dtype == ref_out.detach().numpy().dtype, f"output dtype {out.dtype}, reference {ref_out.dtype}"
-    errors = {"forward": rel_err(out.numpy(), ref_out.detach().numpy())}
-
-    # its own stream: drawn from the inputs' seed, dout would be proportional to the input (LayerNorm then cancels)
-    dout = np.random.default_rng((seed, 0xD0)).standard_normal(ref_out.shape).astype(out.dtype)
-    (out * Tensor(dout)).sum().backward()
-    (ref_out * torch.from_numpy(dout)).sum().backward()
-    for i, (o, r) in enumerate(zip(ours_in, ref_in)):
-        if isinstance(o, Tensor):
-            errors[f"grad input {i}"] = _grad_err(o.grad, r.grad, f"input {i}")
-    for name, p in ours_params.items():
-        errors[f"grad {name}"] = _grad_err(p.grad, ref_params[name].grad, name)
-    return errors
-
-
-def _grad_err(ours, ref, what):
-    ref = None if ref is None else ref.numpy()
-    if ref is None or ours is None:
-        assert ours is None or not np.any(ours), f"grad of {what}: torch has none, ours is nonzero"
-        assert ref is None or not np.any(ref), f"grad of {what}: ours is None, torch's is nonzero"
-        return 0.0
-    return rel_err(ours, ref)
-
-
-def assert_errors(errors, tol_fwd, tol_grad, what=""):
-    """One assertion over a dict of errors from `compare`; the message names the worst entries."""
-    bad = {k: v for k, v in errors.items() if v > (tol_fwd if k == "forward" else tol_grad)}
-    assert not bad, f"{what}: errors above tolerance (fwd {tol_fwd:.3g}, grad {tol_grad:.3g}): " + ", ".join(
-        f"{k}={v:.3g}" for k, v in sorted(bad.items(), key=lambda kv: -kv[1]))
 
 
 class RecordingMasks:

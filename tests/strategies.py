@@ -1,5 +1,5 @@
 """Hypothesis strategies shared by the test files: shapes, broadcastable shapes, bounded float arrays, index arrays,
-axes, and small valid GPT configurations.
+axes (valid ones, and loose ones for the edge-case tests), and small valid GPT configurations.
 
 Sizes are kept small on purpose: every op test also runs `gradcheck`, which evaluates the op twice per input element.
 """
@@ -81,6 +81,21 @@ def axes(draw, ndim, allow_none=True, allow_tuple=True):
         return draw(st.integers(-ndim, ndim - 1))
     picked = draw(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True))
     return tuple(a - ndim if draw(st.booleans()) else a for a in picked)  # some written as negative axes
+
+
+@st.composite
+def loose_axes(draw, ndim):
+    """An axis argument as a user may write it, valid or not: None, an int (maybe out of range), or a tuple or list
+    of ints (maybe empty, repeated or out of range)."""
+    n = max(ndim, 1)
+    axis = st.integers(-n - 1, n)
+    kind = draw(st.sampled_from(["none", "int", "tuple", "list"]))
+    if kind == "none":
+        return None
+    if kind == "int":
+        return draw(axis)
+    picked = draw(st.lists(axis, max_size=ndim + 1))
+    return tuple(picked) if kind == "tuple" else picked
 
 
 @st.composite

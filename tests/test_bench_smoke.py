@@ -42,6 +42,7 @@ def test_time_interleaved_calls_each_function_warmup_plus_repeats_times():
         assert d["repeats"] == 5 and d["min_ms"] <= d["median_ms"] <= d["max_ms"]
 
 
+@pytest.mark.slow
 def test_quick_run_writes_json_markdown_and_chart(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "results"
@@ -76,6 +77,7 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path):
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_matmul_shapes_times_every_linear_product_of_a_step():
     pytest.importorskip("torch")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "matmul_shapes.py"), "--config", "small", "--threads", "1",
@@ -86,5 +88,6 @@ def test_matmul_shapes_times_every_linear_product_of_a_step():
     assert len(rows) == 5 * 3                       # qkv, attn proj, mlp fc, mlp proj, lm_head; forward, dx, dW
     for row in rows:
         numpy_ms, numpy_gf, torch_ms, torch_gf = (float(c) for c in row.strip("|").split("|")[2:])
-        assert min(numpy_ms, numpy_gf, torch_ms, torch_gf) > 0
+        # GFLOP/s are printed as whole numbers: a small product timed on a busy machine rounds to 0
+        assert min(numpy_ms, torch_ms) > 0 and min(numpy_gf, torch_gf) >= 0
     assert "per step (every linear layer, forward and backward): NumPy" in proc.stdout

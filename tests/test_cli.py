@@ -134,6 +134,7 @@ def assert_same_run(a, b):
     assert la.keys() <= lb.keys() and all(la[s] == lb[s] for s in la)            # where the run was stopped
 
 
+@pytest.mark.slow
 def test_resume_is_exact_n_plus_n_equals_2n(capsys, corpus, tmp_path):
     """Constant learning rate, dropout on (so the dropout generator's state matters): 2N == N, stop, resume N."""
     common = ["--dropout", "0.2", "--eval-interval", "3", "--lr-schedule", "constant"]
@@ -146,6 +147,7 @@ def test_resume_is_exact_n_plus_n_equals_2n(capsys, corpus, tmp_path):
     assert_same_run(one, two)
 
 
+@pytest.mark.slow
 def test_resume_is_exact_with_cosine_and_stop_at(capsys, corpus, tmp_path):
     """A cosine schedule depends on max_iters: stop part-way with --stop-at, then resume the same schedule."""
     common = ["--dropout", "0.1", "--eval-interval", "4", "--lr-schedule", "cosine", "--warmup-iters", "3",
@@ -169,6 +171,7 @@ def test_resume_from_another_directory_finds_the_corpus(capsys, corpus, tmp_path
 
 
 # ---- never lose work ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ctrl_c_saves_and_exits(corpus, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "tinygrad_gpt", "train", "--data", str(corpus), "--out", str(out), *TINY,
@@ -327,6 +330,7 @@ def test_resume_drops_log_lines_past_the_checkpoint(capsys, corpus, tmp_path):
 
 
 # ---- no torch at runtime -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_train_and_sample_where_torch_cannot_be_imported(corpus, tmp_path):
     fake = tmp_path / "no_torch"
     (fake / "torch").mkdir(parents=True)

@@ -22,6 +22,7 @@ import pytest
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install -e .[test] brings cupy-cuda12x)")
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # one recorded training run in a subprocess (~7 s)
 MODES = ["cupy"] + (["kernels"] if importlib.util.find_spec("numba") else [])
 
 

@@ -52,9 +52,9 @@ def _find_mpiexec():
 
 MPIEXEC = _find_mpiexec()
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     MPIEXEC is None or not HAVE_MPI4PY,
-    reason="data-parallel tests need mpi4py and an mpiexec: pip install -e '.[mpi]' (the mpi4py and mpich wheels)")
+    reason="data-parallel tests need mpi4py and an mpiexec: pip install -e '.[mpi]' (the mpi4py and mpich wheels)")]
 
 # the equivalence run: tiny model, constant lr, clipping on (so clipping sees the averaged gradient)
 B, T, STEPS, LR = 8, 16, 20, 1e-3

@@ -13,7 +13,7 @@ TF32 is never used by these tests: CuPy's default (CUPY_TF32 unset) computes flo
 import numpy as np
 import pytest
 
-from tinygrad_gpt import GPT, AdamW, GPTConfig, Tensor, cuda_available, kernels
+from tinygrad_gpt import GPT, AdamW, GPTConfig, cuda_available, kernels
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU with CuPy")]
 
@@ -21,9 +21,9 @@ if cuda_available():                       # the imports below need torch and th
     import torch
 
     import reference
-    from helpers import rel_err
+    from helpers import assert_errors, compare, rel_err
     from model_helpers import (TOL64_FWD, TOL64_GRAD, RecordingMasks, ReplayMasks, f32_tol, gpt_depth, make_pair,
-                               red_gpt)
+                               named_params, red_gpt)
 
 CFG = dict(vocab_size=13, block_size=16, n_embd=32, n_head=4, n_layer=2, dropout=0.0)
 B, T = 3, 16
@@ -47,32 +47,15 @@ def on_cuda(cfg, dtype, seed=0):
     return ours.to("cuda"), ref
 
 
-def errors_against_reference(ours, ref, idx, tgt, seed=0):
-    """Errors of logits (with a random upstream gradient) and of the loss and every parameter gradient."""
-    logits, _ = ours(idx)
-    ref_logits, _ = ref(torch.from_numpy(idx))
-    dout = np.random.default_rng((seed, 0xD0)).standard_normal(ref_logits.shape).astype(logits.dtype)
-    errors = {"logits": rel_err(logits.numpy(), ref_logits.detach().numpy())}
-    (logits * Tensor(dout, device="cuda")).sum().backward()
-    (ref_logits * torch.from_numpy(dout)).sum().backward()
-    ref_params = dict(ref.named_parameters())
-    for name, p in ours.named_parameters():
-        errors[f"dlogits grad {name}"] = rel_err(p.grad.get(), ref_params[name].grad.numpy())
+def assert_matches_reference(ours, ref, idx, tgt, tol_fwd, tol_grad, what, seed=0):
+    """helpers.compare twice: the logits with a random upstream gradient, then the loss; every parameter gradient."""
+    ours_p, ref_p = named_params(ours), named_params(ref)
+    assert_errors(compare(lambda i: ours(i)[0], lambda i: ref(i)[0], [idx], ours_p, ref_p, seed=seed),
+                  tol_fwd, tol_grad, f"{what}: logits")
     ours.zero_grad()
     ref.zero_grad(set_to_none=True)
-    _, loss = ours(idx, tgt)
-    _, ref_loss = ref(torch.from_numpy(idx), torch.from_numpy(tgt))
-    loss.backward()
-    ref_loss.backward()
-    errors["loss"] = rel_err(loss.numpy(), ref_loss.detach().numpy())
-    for name, p in ours.named_parameters():
-        errors[f"loss grad {name}"] = rel_err(p.grad.get(), ref_params[name].grad.numpy())
-    return errors
-
-
-def assert_within(errors, tol_fwd, tol_grad, what):
-    bad = {k: v for k, v in errors.items() if v > (tol_fwd if k in ("logits", "loss") else tol_grad)}
-    assert not bad, f"{what}: above tolerance (fwd {tol_fwd:.3g}, grad {tol_grad:.3g}): {bad}"
+    assert_errors(compare(lambda i, y: ours(i, y)[1], lambda i, y: ref(i, y)[1], [idx, tgt], ours_p, ref_p,
+                          seed=seed), tol_fwd, tol_grad, f"{what}: loss")
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
@@ -81,7 +64,7 @@ def test_gpt_float64_on_cuda_matches_torch(kernels_on, bias, activation):
     cfg = dict(CFG, bias=bias, activation=activation)
     ours, ref = on_cuda(cfg, np.float64)
     idx, tgt = batch(1)
-    assert_within(errors_against_reference(ours, ref, idx, tgt), TOL64_FWD, TOL64_GRAD, "float64 GPT on cuda")
+    assert_matches_reference(ours, ref, idx, tgt, TOL64_FWD, TOL64_GRAD, "float64 GPT on cuda")
 
 
 @pytest.mark.parametrize("t", [1, 7, T])
@@ -89,8 +72,7 @@ def test_gpt_float32_on_cuda_matches_torch(kernels_on, t):
     ours, ref = on_cuda(CFG, np.float32)
     idx, tgt = batch(2, t=t)
     tol = f32_tol(red_gpt(CFG, B, t), gpt_depth(CFG))
-    errors = errors_against_reference(ours, ref, idx, tgt)
-    assert_within(errors, tol, tol, f"float32 GPT on cuda (t = {t})")
+    assert_matches_reference(ours, ref, idx, tgt, tol, tol, f"float32 GPT on cuda (t = {t})")
     assert ours.tok_emb.weight.grad.dtype == np.float32
 
 
@@ -100,17 +82,17 @@ def test_dropout_with_given_masks_matches_torch(kernels_on):
     ours.train()
     ref.train()
     rec = RecordingMasks(0.2, seed=3)
-    ref.set_mask_source(rec)
     idx, tgt = batch(4)
-    ref_loss = ref(torch.from_numpy(idx), torch.from_numpy(tgt))[1]
-    ours.set_mask_source(ReplayMasks(rec.masks))
-    loss = ours(idx, tgt)[1]
-    loss.backward()
-    ref_loss.backward()
-    errors = {"loss": rel_err(loss.numpy(), ref_loss.detach().numpy())}
-    ref_params = dict(ref.named_parameters())
-    errors.update({f"grad {n}": rel_err(p.grad.get(), ref_params[n].grad.numpy()) for n, p in ours.named_parameters()})
-    assert_within(errors, TOL64_FWD, TOL64_GRAD, "float64 GPT with dropout masks on cuda")
+    ref.set_mask_source(rec)
+    ref(torch.from_numpy(idx), torch.from_numpy(tgt))                  # draws the masks both engines then replay
+
+    def replaying(model):
+        def run(i, y):
+            model.set_mask_source(ReplayMasks(rec.masks))
+            return model(i, y)[1]
+        return run
+    errors = compare(replaying(ours), replaying(ref), [idx, tgt], named_params(ours), named_params(ref))
+    assert_errors(errors, TOL64_FWD, TOL64_GRAD, "float64 GPT with dropout masks on cuda")
 
 
 def test_training_trajectory_float64_matches_torch(kernels_on):

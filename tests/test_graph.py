@@ -1,12 +1,16 @@
 """Graph properties of the autograd engine: shared nodes, deep chains, accumulation, freeing, no_grad, detach, and the
 errors a user meets (non-scalar backward, mismatched shapes, devices)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import tinygrad_gpt
 from helpers import check
 from tinygrad_gpt import DeviceError, Tensor, no_grad
-from tinygrad_gpt.backend import Device, cuda_available
+from tinygrad_gpt.backend import CPU, Device
 
 
 def leaf(values):
@@ -229,11 +233,6 @@ def test_mismatched_shapes_in_matmul_cat_reshape():
         Tensor(np.ones((2, 3))).reshape(4, 2)
 
 
-def test_pow_with_tensor_exponent_is_a_clear_error():
-    with pytest.raises(TypeError, match="scalar exponent"):
-        Tensor(np.ones(2)) ** Tensor(np.ones(2))
-
-
 # ---- devices ---------------------------------------------------------------------------------------------------
 # A second device that is really NumPy under another name: mixing it with cpu must still be refused.
 FAKE = Device("fake", np)
@@ -249,19 +248,19 @@ def test_mixing_devices_is_an_error():
 
 
 def test_ops_stay_on_their_device():
-    b = Tensor(np.ones((2, 2)), device=FAKE, requires_grad=True)
-    out = ((b * 2 + 1) @ b).softmax(-1).sum()
-    assert out.device == FAKE
-    out.backward()
-    assert np.allclose(b.grad, 0.0, atol=1e-6)  # softmax rows sum to 1: their sum does not depend on b
-
-
-@pytest.mark.skipif(cuda_available(), reason="a usable CUDA device is present here")
-def test_cuda_without_cupy_or_gpu_is_a_clear_device_error():
-    for make in (lambda: Tensor([1.0], device="cuda"), lambda: Tensor([1.0]).to("cuda")):
-        with pytest.raises(DeviceError, match=r"cuda.*(CuPy|GPU)"):
-            make()
-    assert not cuda_available()
+    """A graph built on another device stays there, forward and backward, and computes what cpu computes. The
+    weights w make the gradient far from 0 (softmax rows sum to 1: without them it would be ~0 whatever the ops do)."""
+    x = np.arange(4.0).reshape(2, 2) / 3
+    w = np.array([[1.0, -2.0], [0.5, 3.0]])
+    grads = {}
+    for device in (CPU, FAKE):
+        b = Tensor(x, device=device, requires_grad=True)
+        out = (((b * 2 + 1) @ b).softmax(-1) * Tensor(w, device=device)).sum()
+        assert out.device == device
+        out.backward()
+        grads[device.name] = b.grad
+    assert np.abs(grads["cpu"]).max() > 0.1
+    assert np.array_equal(grads["fake"], grads["cpu"])
 
 
 def test_unknown_device_is_a_clear_error():
@@ -277,18 +276,33 @@ def test_cpu_to_cpu_and_numpy():
 
 # ---- the package -----------------------------------------------------------------------------------------------
 def test_import_tinygrad_gpt():
-    for name in ("Tensor", "no_grad", "DeviceError", "cuda_available", "gradcheck"):
+    for name in ("Tensor", "TensorError", "no_grad", "DeviceError", "cuda_available", "gradcheck"):
         assert hasattr(tinygrad_gpt, name), name
     assert tinygrad_gpt.gradcheck(lambda a: a.exp(), [np.array([0.5])])
 
 
 
-def test_tune_host_allocator_is_idempotent_and_harmless():
-    """The trainer's glibc tuning (backend.tune_host_allocator) can be called again and leaves arithmetic alone."""
-    import subprocess
-    import sys
-    code = ("import numpy as np; from tinygrad_gpt.backend import tune_host_allocator as t; a = t(); b = t(); "
-            "x = np.ones((2048, 2048), np.float32); del x; y = np.full((3000, 1000), 2.0, np.float32); "
-            "print(a == b, float(y.sum()))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["True", "6000000.0"]
+def test_tune_host_allocator_keeps_freed_blocks_for_reuse():
+    """backend.tune_host_allocator (the trainer's glibc tuning: no mmap threshold, no trim) makes glibc keep a freed
+    large block in the heap, so allocating it again touches no fresh page. Untuned, a 64 MiB block is always a fresh
+    mapping (glibc maps blocks above 32 MiB at the most), and each of its 16,384 pages of 4 KiB faults on first touch
+    (NumPy's advice for transparent huge pages is off here, so each page is its own fault). Measured in a fresh process,
+    before and after the call (a process-wide setting); the second call returns what the first did."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's mallopt: Linux only")
+    code = ("import resource, numpy as np\n"
+            "from tinygrad_gpt.backend import tune_host_allocator as tune\n"
+            "def faults():\n"
+            "    a = np.ones(1 << 23); del a\n"                     # 64 MiB, touched, freed
+            "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "    b = np.ones(1 << 23)\n"
+            "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
+            "untuned = faults(); first, second = tune(), tune()\n"
+            "print(untuned, faults(), first, second)")
+    env = dict(os.environ, NUMPY_MADVISE_HUGEPAGE="0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    untuned, tuned, first, second = out.split()
+    assert first == second == "True"
+    pages = (64 << 20) // 4096
+    assert int(untuned) >= pages // 2, f"untuned: {untuned} page faults, expected ~{pages} (a fresh mapping)"
+    assert int(tuned) <= pages // 64, f"tuned: {tuned} page faults for a block that was freed and taken again"

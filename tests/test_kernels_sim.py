@@ -40,6 +40,7 @@ from tinygrad_gpt.optim import adamw_update  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "kernel_sim_run.py"
+pytestmark = pytest.mark.slow  # the simulator and the PTX compiler run in subprocesses (~30 s)
 
 
 def unit_roundoff(dtype):

@@ -1,6 +1,6 @@
 """Every layer of the GPT alone, then the whole GPT, against the torch reference (reference/model.py) and torch.nn:
 same weights in both engines, forward outputs and the gradients of (out * dout).sum() for a random dout, for the
-input and for every parameter (model_helpers.compare).
+input and for every parameter (helpers.compare).
 
 float64: forward relative error <= 1e-10, every gradient <= 1e-9 (issue 3).
 float32: the tolerance of model_helpers.f32_tol, 2 * u32 * (reduction + depth) * KAPPA, where `reduction` is the
@@ -27,9 +27,10 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import helpers
-from model_helpers import (TOL64_FWD, TOL64_GRAD, U32, U64, assert_errors, compare, f32_tol, gpt_depth, make_pair,
-                           named_params, record, red_attention, red_attention_core, red_block, red_cross_entropy,
-                           red_gpt, red_layer_norm, red_linear, red_mlp, torch_dtype)
+from helpers import assert_errors, compare
+from model_helpers import (TOL64_FWD, TOL64_GRAD, U32, U64, f32_tol, gpt_depth, make_pair, named_params, record,
+                           red_attention, red_attention_core, red_block, red_cross_entropy, red_gpt, red_layer_norm,
+                           red_linear, red_mlp, torch_dtype)
 from strategies import gpt_configs
 from tinygrad_gpt import Tensor, functional as F, kernels
 from tinygrad_gpt.kernels.cpu import attention as cpu_attention
@@ -262,17 +263,14 @@ def test_whole_gpt(dtype, bias, data):
     rng = np.random.default_rng(seed)
     idx, tgt = rng.integers(0, cfg["vocab_size"], (2, B, t))
     ours, ref = make_pair(cfg, dtype, seed)
-    errors = compare(lambda i: ours(i)[0], lambda i: ref(i)[0], [idx], named_params(ours), named_params(ref), seed)
+    errors = compare(lambda i: ours(i)[0], lambda i: ref(i)[0], [idx], named_params(ours), named_params(ref),
+                     seed=seed)
     check("GPT logits", dtype, errors, red_gpt(cfg, B, t), gpt_depth(cfg))
 
     ours.zero_grad()
     ref.zero_grad(set_to_none=True)
-    loss, ref_loss = ours(idx, tgt)[1], ref(idx, tgt)[1]
-    loss.backward()
-    ref_loss.backward()
-    errors = {"forward": abs(loss.item() - ref_loss.item()) / abs(ref_loss.item())}
-    for name, p in named_params(ref).items():
-        errors[f"grad {name}"] = helpers.rel_err(named_params(ours)[name].grad, p.grad.numpy())
+    errors = compare(lambda i, y: ours(i, y)[1], lambda i, y: ref(i, y)[1], [idx, tgt], named_params(ours),
+                     named_params(ref), seed=seed)
     check("GPT loss", dtype, errors, red_gpt(cfg, B, t), gpt_depth(cfg))
 
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 import reference
-from helpers import rel_err
-from model_helpers import (TOL64_FWD, TOL64_GRAD, RecordingMasks, ReplayMasks, assert_errors, f32_tol, gpt_depth,
-                           make_pair, named_params, randomize_params, red_gpt)
+from helpers import assert_errors, compare
+from model_helpers import (TOL64_FWD, TOL64_GRAD, RecordingMasks, ReplayMasks, f32_tol, gpt_depth, make_pair,
+                           named_params, randomize_params, red_gpt)
 from strategies import gpt_configs
 from tinygrad_gpt import GPT, GPTConfig, Tensor, functional as F
 from tinygrad_gpt.model import count_parameters
@@ -93,30 +93,24 @@ def test_same_masks_give_same_results_in_both_engines(dtype, cfg, seed, p, B):
     t = cfg["block_size"]
     idx, tgt = rng.integers(0, cfg["vocab_size"], (2, B, t))
 
-    logits, loss = ours(idx, tgt)
-    loss.backward()
+    replays = []
+
+    def reference_with_our_masks(i, y):  # compare runs ours first: `rec` holds its masks by now
+        replays.append(ReplayMasks(rec.masks))
+        ref.set_mask_source(replays[0])
+        return ref(i, y)
+
+    errors = compare(lambda i, y: ours(i, y), reference_with_our_masks, [idx, tgt], named_params(ours),
+                     named_params(ref), seed=seed)                           # logits and loss, and their gradients
     H, C = cfg["n_head"], cfg["n_embd"]
     assert [m.shape for m in rec.masks] == [(B, H, t, t), (B, t, C), (B, t, C)] * cfg["n_layer"]
-    replay = ReplayMasks(rec.masks)
-    ref.set_mask_source(replay)
-    ref_logits, ref_loss = ref(idx, tgt)
-    ref_loss.backward()
-    assert replay.i == len(rec.masks), "the reference asked for fewer masks than ours drew"
-
-    errors = {"forward": max(abs(loss.item() - ref_loss.item()) / abs(ref_loss.item()),
-                             _rel(logits.numpy(), ref_logits.detach().numpy()))}
-    for name, p_ref in named_params(ref).items():
-        errors[f"grad {name}"] = _rel(named_params(ours)[name].grad, p_ref.grad.numpy())
+    assert replays[0].i == len(rec.masks), "the reference asked for fewer masks than ours drew"
     if dtype == np.float64:
         assert_errors(errors, TOL64_FWD, TOL64_GRAD, "GPT with injected dropout masks")
     else:
         # test_layers' whole-GPT tolerance; each dropout site adds one rounding (depth)
         tol = f32_tol(red_gpt(cfg, B, t), gpt_depth(cfg) + 3 * cfg["n_layer"])
         assert_errors(errors, tol, tol, "float32 GPT with injected dropout masks")
-
-
-def _rel(a, b):
-    return rel_err(np.asarray(a, dtype=np.float64), b)
 
 
 def test_float32_training_with_dropout_stays_float32():

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Optional extras a module may need only on a GPU machine ([gpu] in setup.cfg): their absence is not a failure here.
@@ -46,6 +48,7 @@ print(json.dumps({"imported": imported, "failed": failed, "attempts": attempts,
 """
 
 
+@pytest.mark.slow  # a subprocess importing every module
 def test_import_tinygrad_gpt_does_not_import_torch():
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -6,13 +6,31 @@ topological order (built iteratively, so a chain of 10,000 ops is fine) and accu
 into its parent through `unbroadcast`, the one place where broadcasting is undone. The walked graph is freed.
 
 dtypes: float32 by default and kept float32 (a Python scalar takes the other operand's dtype); float64 works
-throughout for exactness checks; integer tensors hold indices.
+throughout for exactness checks; integer and bool tensors hold indices, masks and counts. Where the two meet, torch's
+rules hold: an integer operand takes the float operand's dtype (int64 + float32 is float32), an integer tensor with a
+Python float, a true division of integers, and a float function (exp, log, sqrt, tanh, gelu, softmax) of integers
+give float32 (torch's default dtype), and an integer sum is int64. Comparisons (<, <=, >, >=, ==, !=) and the logical
+operators (&, |, ^, ~) give bool tensors that carry no gradient.
+
+Edge cases follow torch: an axis out of range raises IndexError; an argument that does not fit the tensor's shape
+(shapes that do not broadcast, a reshape to another size, a repeated axis, a split size of 0) raises TensorError,
+which is both torch's RuntimeError and NumPy's ValueError. A 0-d tensor takes the axes 0 and -1, as in torch. An
+empty axis list reduces over every axis (torch's `dim=()`).
 """
 import math
+import operator
+import os
 
 import numpy as np
 
 from .backend import CPU, DeviceError, device_of, get_device, to_device, to_host
+
+
+class TensorError(RuntimeError, ValueError):
+    """An argument that does not fit the tensor: shapes that do not broadcast, a reshape to another size, a repeated
+    axis, a split size of 0, the mean of an integer tensor. torch raises RuntimeError where this is raised and NumPy
+    ValueError: this is both, so a handler written for either catches it."""
+
 
 _grad_enabled = True
 
@@ -69,6 +87,95 @@ def _as_array(data, device, dtype):
     return arr
 
 
+def _axis(axis, ndim, op):
+    """An int axis (negative counts from the end) as an index into the shape. As in torch, a 0-d tensor takes 0 and -1
+    (it is 0 returned then). Anything else is an IndexError naming the valid range."""
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{op}: an axis must be an int, got {type(axis).__name__}") from None
+    n = max(ndim, 1)
+    if not -n <= axis < n:
+        raise IndexError(f"{op}: axis {axis} is out of range for a tensor of {ndim} dimension(s) "
+                         f"(expected {-n} to {n - 1})")
+    return axis % n
+
+
+def _reduce_axes(axis, ndim, op, shape=None):
+    """A reduction's axis argument as a tuple of distinct axes in range(ndim), or None for all of them: None, an int,
+    or a tuple/list of ints (empty: every axis, as torch's dim=()). A 0-d tensor reduces over no axis: (). With
+    `shape`, an axis of length 0 is an IndexError (a maximum over nothing). Checked in torch's order: every axis's
+    range (and length), then repeats."""
+    if axis is None:
+        return None
+    if not isinstance(axis, (tuple, list)):
+        axis = (axis,)
+    elif not axis:
+        return None
+    axes = tuple(_axis(a, ndim, op) for a in axis)
+    for a in axes if shape is not None and ndim else ():
+        if shape[a] == 0:
+            raise IndexError(f"{op}: axis {a} of shape {tuple(shape)} has no elements to take the maximum of")
+    if len(set(axes)) != len(axes):
+        raise TensorError(f"{op}: axis {tuple(axis)} names an axis more than once")
+    return () if ndim == 0 else axes
+
+
+def _promote(a, b):
+    """Arrays `a` and `b` for a binary op with torch's promotion: an integer or bool array meeting a float one takes
+    its dtype (NumPy would make int64 with float32 a float64); a 0-d array meeting an array with dimensions of its
+    own kind (float, or integer) takes that array's dtype (float32 times a 0-d float64 stays float32). Otherwise they
+    promote as NumPy does (float32 with float64 is float64, int32 with int64 is int64)."""
+    fa, fb = a.dtype.kind == "f", b.dtype.kind == "f"
+    if fa and not fb:
+        return a, b.astype(a.dtype)
+    if fb and not fa:
+        return a.astype(b.dtype), b
+    if a.dtype != b.dtype and (a.ndim == 0) != (b.ndim == 0) and (fa or (a.dtype.kind in "iu" and b.dtype.kind in "iu")):
+        return (a.astype(b.dtype), b) if a.ndim == 0 else (a, b.astype(a.dtype))
+    return a, b
+
+
+def _number(x):
+    """A NumPy scalar as the Python number it holds (torch takes both as plain numbers); anything else unchanged."""
+    return x.item() if isinstance(x, np.generic) and x.dtype.kind in "biuf" else x
+
+
+def _as_float(a):
+    """`a` itself when it holds floats, else as float32 (torch's default dtype), for the float-valued ops."""
+    return a if a.dtype.kind == "f" else a.astype(np.float32)
+
+
+_erf_numpy = None  # the compiled erf ufunc, made on first use (numba is imported only then)
+
+
+def _erf(x, xp):
+    """The error function elementwise, in x's float dtype. NumPy has none: on cpu a ufunc that numba compiles from
+    the C library's erf (math.erf), or math.erf called per element when the kernels are off
+    (TINYGRAD_GPT_KERNELS=0) or numba is missing; on cuda CuPy's own."""
+    global _erf_numpy
+    if xp is not np:
+        from cupyx.scipy.special import erf
+        return erf(x)
+    if _erf_numpy is None:
+        _erf_numpy = _make_erf()
+    return _erf_numpy(x)
+
+
+def _make_erf():
+    if os.environ.get("TINYGRAD_GPT_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off"):
+        try:
+            import numba
+        except ImportError:
+            pass
+        else:
+            def erf(v):
+                return math.erf(v)
+            return numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)(erf)
+    per_element = np.vectorize(math.erf, otypes=[np.float64])
+    return lambda x: per_element(x).astype(x.dtype, copy=False)
+
+
 class Tensor:
     __slots__ = ("data", "grad", "requires_grad", "device", "_parents", "_backward", "_op")
     __array_priority__ = 1000  # so that `ndarray * Tensor` defers to Tensor.__rmul__
@@ -101,13 +208,20 @@ class Tensor:
         return out
 
     def _lift(self, other):
-        """`other` as a Tensor on this device; a Python scalar takes this tensor's dtype."""
+        """`other` as a Tensor on this device. A Python scalar takes this tensor's dtype, except where that would change
+        its value (torch's rule): a float with an integer or bool tensor is float32, an int with a bool tensor int64."""
         if isinstance(other, Tensor):
             if other.device != self.device:
                 raise DeviceError(f"tensors on different devices: {self.device} and {other.device}")
             return other
+        other = _number(other)
         if isinstance(other, (int, float, bool)):
-            return Tensor(self.xp.asarray(other, dtype=self.dtype), device=self.device)
+            kind = self.dtype.kind
+            if kind == "f" or (kind in "iu" and not isinstance(other, float)) or isinstance(other, bool):
+                dtype = self.dtype
+            else:
+                dtype = np.float32 if isinstance(other, float) else np.int64
+            return Tensor(self.xp.asarray(other, dtype=dtype), device=self.device)
         return Tensor(other, device=self.device)
 
     # ---- properties ------------------------------------------------------------------------------------------
@@ -139,9 +253,33 @@ class Tensor:
         return to_host(self.data)
 
     def item(self):
+        if self.size != 1:
+            raise TensorError(f"item(): a tensor of {self.size} elements (shape {self.shape}) is not one number")
         return self.data.item()
 
+    def __float__(self):
+        if self.size != 1:
+            raise ValueError(f"float(): only a tensor of one element converts to a number, not shape {self.shape}")
+        return float(self.data.item())
+
+    def __int__(self):
+        if self.size != 1:
+            raise ValueError(f"int(): only a tensor of one element converts to a number, not shape {self.shape}")
+        return int(self.data.item())
+
+    def __bool__(self):
+        """The truth of a one-element tensor (`if (t > 0):`); for more or fewer elements it is ambiguous, as in torch:
+        use `.all()`-style reductions, e.g. `(t > 0).min()`, or compare the arrays."""
+        if self.size != 1:
+            raise TensorError(f"the truth value of a tensor of {self.size} elements (shape {self.shape}) is "
+                              "ambiguous")
+        return bool(self.data.item())
+
+    __hash__ = object.__hash__  # by identity (defining == would otherwise make tensors unhashable)
+
     def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
         return len(self.data)
 
     def __repr__(self):
@@ -190,7 +328,8 @@ class Tensor:
         else:
             grad = _as_array(grad, self.device, self.dtype)
             if grad.shape != self.shape:
-                raise ValueError(f"backward(grad): gradient shape {grad.shape} does not match tensor shape {self.shape}")
+                raise TensorError(f"backward(grad): gradient shape {grad.shape} does not match tensor shape "
+                                  f"{self.shape}")
 
         # Iterative post-order DFS: a node comes after every node it depends on.
         order, visited, stack = [], set(), [(self, False)]
@@ -222,13 +361,18 @@ class Tensor:
             node._parents, node._backward, node.grad = (), None, None
 
     # ---- elementwise arithmetic ------------------------------------------------------------------------------
-    def _binary(self, other, fwd, bwd, op):
+    def _binary(self, other, fwd, bwd, op, floating=False):
+        """fwd(a, b) -> out with bwd(a, b, out) -> backward, on this tensor's and `other`'s arrays after promotion
+        (`floating`: integer operands become float32 first, as in a true division)."""
         other = self._lift(other)
+        a, b = _promote(self.data, other.data)
+        if floating:
+            a, b = _as_float(a), _as_float(b)
         try:
-            data = fwd(self.data, other.data)
+            data = fwd(a, b)
         except ValueError:
-            raise ValueError(f"{op}: shapes {self.shape} and {other.shape} cannot be broadcast together") from None
-        return Tensor._make(data, (self, other), bwd(self.data, other.data, data), op)
+            raise TensorError(f"{op}: shapes {self.shape} and {other.shape} cannot be broadcast together") from None
+        return Tensor._make(data, (self, other), bwd(a, b, data), op)
 
     def __add__(self, other):
         return self._binary(other, lambda a, b: a + b, lambda a, b, o: lambda g: (g, g), "add")
@@ -241,7 +385,8 @@ class Tensor:
 
     def __truediv__(self, other):
         # d(a/b)/da = 1/b ; d(a/b)/db = -a/b^2 = -out/b
-        return self._binary(other, lambda a, b: a / b, lambda a, b, o: lambda g: (g / b, -g * o / b), "div")
+        return self._binary(other, lambda a, b: a / b, lambda a, b, o: lambda g: (g / b, -g * o / b), "div",
+                            floating=True)
 
     def __radd__(self, other):
         return self._lift(other) + self
@@ -259,38 +404,134 @@ class Tensor:
         return Tensor._make(-self.data, (self,), lambda g: (-g,), "neg")
 
     def __pow__(self, exponent):
-        if isinstance(exponent, Tensor) or not isinstance(exponent, (int, float)):
-            raise TypeError("Tensor ** x supports a Python scalar exponent only")
-        x = self.data
+        exponent = _number(exponent)
+        if not isinstance(exponent, (int, float)):
+            return self._pow_tensor(self._lift(exponent))
+        x, xp = self.data, self.xp
+        if isinstance(exponent, float):
+            x = _as_float(x)
+        elif x.dtype.kind != "f" and exponent < 0:
+            raise TensorError(f"pow: integers to negative integer powers are not allowed ({self.dtype} ** {exponent})")
         # d(x^n)/dx = n x^(n-1); exactly 0 for n = 0 (also at x = 0, where 0 * 0**-1 would give nan)
-        xp = self.xp
         return Tensor._make(x ** exponent, (self,),
                             lambda g: (g * exponent * x ** (exponent - 1) if exponent else xp.zeros_like(g),), "pow")
 
+    def __rpow__(self, base):
+        return self._lift(base)._pow_tensor(self)
+
+    def _pow_tensor(self, other):
+        """self ** other, both tensors (broadcast), differentiable in both."""
+        xp = self.xp
+        a, b = _promote(self.data, other.data)
+        if a.dtype.kind != "f" and b.dtype.kind != "f" and bool((b < 0).any()):
+            raise TensorError(f"pow: integers to negative integer powers are not allowed ({a.dtype} ** {b.dtype})")
+        try:
+            with np.errstate(divide="ignore", invalid="ignore"):  # 0 ** -1 = inf and (-8) ** 0.5 = nan, silently
+                out = a ** b
+        except ValueError:
+            raise TensorError(f"pow: shapes {self.shape} and {other.shape} cannot be broadcast together") from None
+
+        def backward(g):
+            zero = xp.zeros((), dtype=g.dtype)
+            ga = gb = None
+            with np.errstate(divide="ignore", invalid="ignore"):
+                if self.requires_grad:
+                    # d(a^b)/da = b a^(b-1); 0 where b = 0 (also at a = 0, where 0 * 0**-1 would give nan), as torch
+                    ga = xp.where(b == 0, zero, g * b * a ** (b - 1))
+                if other.requires_grad:
+                    # d(a^b)/db = a^b ln a; 0 where a = 0 and b >= 0 (a^b is constant 0 or 1 along b there), as torch;
+                    # nan for a < 0, where a^b is not real-differentiable in b
+                    gb = xp.where((a == 0) & (b >= 0), zero, g * out * xp.log(a))
+            return ga, gb
+        return Tensor._make(out, (self, other), backward, "pow")
+
+    # ---- comparisons and logical operators: bool tensors, no gradient ----------------------------------------------
+    def _compare(self, other, fn, op):
+        other = _number(other)
+        if isinstance(other, (int, float, bool)) and (self.dtype.kind == "f" or not isinstance(other, float)):
+            a, b = self.data, other  # compared by its value (an int out of the dtype's range too), as in torch
+        elif isinstance(other, (int, float, bool, Tensor, np.ndarray, np.generic, list, tuple)) \
+                or device_of(other) != CPU:  # (a float and an integer tensor: both as float32, as in torch)
+            other = self._lift(other)
+            a, b = _promote(self.data, other.data)
+        else:
+            return NotImplemented  # t == None, t == "a": Python falls back to identity (False)
+        try:
+            out = fn(a, b)
+        except ValueError:
+            raise TensorError(f"{op}: shapes {self.shape} and {np.shape(b)} cannot be broadcast together") from None
+        return Tensor(out, device=self.device)
+
+    def __lt__(self, other):
+        return self._compare(other, lambda a, b: a < b, "lt")
+
+    def __le__(self, other):
+        return self._compare(other, lambda a, b: a <= b, "le")
+
+    def __gt__(self, other):
+        return self._compare(other, lambda a, b: a > b, "gt")
+
+    def __ge__(self, other):
+        return self._compare(other, lambda a, b: a >= b, "ge")
+
+    def __eq__(self, other):
+        return self._compare(other, lambda a, b: a == b, "eq")
+
+    def __ne__(self, other):
+        return self._compare(other, lambda a, b: a != b, "ne")
+
+    def _logical(self, other, fn, op):
+        for t in (self, other):
+            if isinstance(t, Tensor) and t.dtype.kind not in "biu":
+                raise TypeError(f"{op} needs bool or integer tensors, got {t.dtype}")
+        return self._compare(other, fn, op)
+
+    def __and__(self, other):
+        return self._logical(other, lambda a, b: a & b, "&")
+
+    def __or__(self, other):
+        return self._logical(other, lambda a, b: a | b, "|")
+
+    def __xor__(self, other):
+        return self._logical(other, lambda a, b: a ^ b, "^")
+
+    __rand__, __ror__, __rxor__ = __and__, __or__, __xor__
+
+    def __invert__(self):
+        if self.dtype.kind not in "biu":
+            raise TypeError(f"~ needs a bool or integer tensor, got {self.dtype}")
+        return Tensor(~self.data, device=self.device)
+
     # ---- unary functions -------------------------------------------------------------------------------------
     def exp(self):
-        out = self.xp.exp(self.data)
+        out = self.xp.exp(_as_float(self.data))
         return Tensor._make(out, (self,), lambda g: (g * out,), "exp")
 
     def log(self):
-        x = self.data
+        x = _as_float(self.data)
         return Tensor._make(self.xp.log(x), (self,), lambda g: (g / x,), "log")
 
     def sqrt(self):
-        out = self.xp.sqrt(self.data)
+        out = self.xp.sqrt(_as_float(self.data))
         return Tensor._make(out, (self,), lambda g: (g * 0.5 / out,), "sqrt")
 
     def tanh(self):
-        out = self.xp.tanh(self.data)
+        out = self.xp.tanh(_as_float(self.data))
         return Tensor._make(out, (self,), lambda g: (g * (1 - out * out),), "tanh")
 
     def relu(self):
         x = self.data
         return Tensor._make(self.xp.maximum(x, 0), (self,), lambda g: (g * (x > 0),), "relu")
 
-    def gelu(self):
-        """GPT-2's tanh approximation, torch's gelu(approximate='tanh')."""
-        xp, x = self.xp, self.data
+    def gelu(self, approximate="tanh"):
+        """GELU. approximate="tanh" (the default, the model's): GPT-2's tanh approximation, torch's
+        gelu(approximate='tanh'). approximate="none": the exact x * Phi(x), Phi the standard normal CDF, torch's
+        default gelu (nn.GELU())."""
+        if approximate == "none":
+            return self._gelu_exact()
+        if approximate != "tanh":
+            raise TensorError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        xp, x = self.xp, _as_float(self.data)
         k = math.sqrt(2.0 / math.pi)
         u = k * (x + 0.044715 * x ** 3)
         th = xp.tanh(u)
@@ -302,77 +543,129 @@ class Tensor:
             return (g * (0.5 * (1 + th) + 0.5 * x * (1 - th * th) * du),)
         return Tensor._make(out, (self,), backward, "gelu")
 
+    def _gelu_exact(self):
+        xp, x = self.xp, _as_float(self.data)
+        cdf = 0.5 * (1 + _erf(x * (1 / math.sqrt(2.0)), xp))     # Phi(x) = (1 + erf(x / sqrt 2)) / 2
+        out = x * cdf
+
+        def backward(g):
+            # d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the standard normal density
+            return (g * (cdf + x * (xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi)))),)
+        return Tensor._make(out, (self,), backward, "gelu")
+
     # ---- reductions ------------------------------------------------------------------------------------------
-    def _expand_back(self, g, axis, keepdims):
-        """Reshape a reduced gradient so that it broadcasts against this tensor's shape."""
+    # axis: None (all), an int or a tuple/list of ints, negative ones counting from the end (see _reduce_axes)
+    def _expand_back(self, g, axes, keepdims):
+        """Reshape a gradient reduced over `axes` (from _reduce_axes) so that it broadcasts against this tensor."""
         if keepdims:
             return g
-        if axis is None:
+        if axes is None:
             return g.reshape((1,) * self.ndim)
-        axes = (axis,) if isinstance(axis, int) else axis
-        axes = tuple(a % self.ndim for a in axes)
         return self.xp.expand_dims(g, axes)
 
     def sum(self, axis=None, keepdims=False):
+        """Sum; of an integer or bool tensor an int64 sum, as torch's."""
         xp, shape = self.xp, self.shape
+        axes = _reduce_axes(axis, self.ndim, "sum")
+        dtype = np.int64 if self.dtype.kind in "biu" else None
 
         def backward(g):
-            return (xp.broadcast_to(self._expand_back(g, axis, keepdims), shape),)
-        return Tensor._make(self.data.sum(axis=axis, keepdims=keepdims), (self,), backward, "sum")
+            return (xp.broadcast_to(self._expand_back(g, axes, keepdims), shape),)
+        return Tensor._make(self.data.sum(axis=axes, keepdims=keepdims, dtype=dtype), (self,), backward, "sum")
 
     def mean(self, axis=None, keepdims=False):
+        """Mean of a float tensor; nan over no elements (as torch). An integer mean is an error, as in torch."""
         xp, shape = self.xp, self.shape
-        out = self.data.mean(axis=axis, keepdims=keepdims)
-        n = self.data.size // max(out.size, 1) if self.data.size else 1
+        if self.dtype.kind != "f":
+            raise TensorError(f"mean: needs a floating-point tensor, got {self.dtype} (convert it with .astype)")
+        axes = _reduce_axes(axis, self.ndim, "mean")
+        n = math.prod(shape if axes is None else [shape[a] for a in axes])  # elements per mean
+        with np.errstate(invalid="ignore"):                                # 0 / 0 = nan, without a warning
+            out = self.data.sum(axis=axes, keepdims=keepdims) / n          # NumPy's mean: this sum, this division
 
         def backward(g):
-            return (xp.broadcast_to(self._expand_back(g, axis, keepdims) / n, shape),)
+            if n == 0:  # an empty input: an empty gradient
+                return (xp.zeros(shape, dtype=g.dtype),)
+            return (xp.broadcast_to(self._expand_back(g, axes, keepdims) / n, shape),)
         return Tensor._make(out, (self,), backward, "mean")
 
     def max(self, axis=None, keepdims=False):
-        """Maximum; the gradient is shared equally among tied maxima (as torch.amax does)."""
+        """Maximum (torch.amax); the gradient is shared equally among tied maxima (as torch.amax does)."""
         x = self.data
-        out = x.max(axis=axis, keepdims=keepdims)
+        axes = _reduce_axes(axis, self.ndim, "max", shape=self.shape)
+        if axes is None and x.size == 0:
+            raise TensorError(f"max: the tensor of shape {self.shape} is empty; give the axis to reduce")
+        out = x.max(axis=axes, keepdims=keepdims)
 
         def backward(g):
-            o = self._expand_back(out, axis, keepdims)
+            o = self._expand_back(out, axes, keepdims)
             hit = (x == o)
-            count = hit.sum(axis=axis, keepdims=True)
-            return (hit * (self._expand_back(g, axis, keepdims) / count),)
+            count = hit.sum(axis=axes, keepdims=True)
+            return (hit * (self._expand_back(g, axes, keepdims) / count),)
         return Tensor._make(out, (self,), backward, "max")
 
     # ---- shapes ----------------------------------------------------------------------------------------------
     def reshape(self, *shape):
+        """reshape(2, 3) or reshape((2, 3)); one size may be -1 (inferred), as in torch; reshape() is shape ()."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
+        shape = tuple(operator.index(n) for n in shape)  # TypeError for a float or a nested tuple
         in_shape = self.shape
+        if any(n < -1 for n in shape) or shape.count(-1) > 1:
+            raise TensorError(f"reshape: invalid shape {shape}: sizes are >= 0, and at most one is -1 (inferred)")
+        if -1 in shape and math.prod(n for n in shape if n != -1) == 0:
+            raise TensorError(f"reshape: cannot reshape shape {in_shape} into shape {shape}: the other sizes hold no "
+                              "elements, so the -1 could be any size")
         try:
             data = self.data.reshape(shape)
         except ValueError:
-            raise ValueError(f"reshape: cannot reshape shape {in_shape} into shape {shape}") from None
+            raise TensorError(f"reshape: cannot reshape shape {in_shape} into shape {shape}") from None
         return Tensor._make(data, (self,), lambda g: (g.reshape(in_shape),), "reshape")
 
     view = reshape
 
     def transpose(self, a=0, b=1):
+        """Swap axes a and b (a 0-d tensor takes 0 and -1 and stays itself, as in torch)."""
+        a, b = _axis(a, self.ndim, "transpose"), _axis(b, self.ndim, "transpose")
         axes = list(range(self.ndim))
-        axes[a], axes[b] = axes[b], axes[a]
+        if axes:
+            axes[a], axes[b] = axes[b], axes[a]
         return self.permute(*axes)
 
     def permute(self, *axes):
+        """permute(2, 0, 1) or permute((2, 0, 1)): every axis once, negative ones counting from the end."""
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        axes = tuple(a % self.ndim for a in axes)
+        if len(axes) != self.ndim:
+            raise TensorError(f"permute: {len(axes)} axes {tuple(axes)} given for a tensor of {self.ndim} "
+                              f"dimension(s), shape {self.shape}")
+        order = []
+        for a in axes:  # one at a time, in torch's order of checks
+            a = _axis(a, self.ndim, "permute")
+            if a in order:
+                raise TensorError(f"permute: axes {tuple(axes)} repeat an axis")
+            order.append(a)
+        axes = tuple(order)
         inverse = tuple(int(i) for i in np.argsort(axes))
         return Tensor._make(self.data.transpose(axes), (self,), lambda g: (g.transpose(inverse),), "permute")
 
     @property
     def T(self):
         if self.ndim != 2:
-            raise ValueError(f".T needs a 2-D tensor, got shape {self.shape}; use transpose(a, b) or permute")
+            raise TensorError(f".T needs a 2-D tensor, got shape {self.shape}; use transpose(a, b), permute or .mT")
         return self.transpose(0, 1)
 
+    @property
+    def mT(self):
+        """The last two axes swapped: a batch of matrices transposed."""
+        if self.ndim < 2:
+            raise TensorError(f".mT needs a tensor of at least 2 dimensions, got shape {self.shape}")
+        return self.transpose(-2, -1)
+
     def __getitem__(self, index):
+        """Basic indexing (ints, slices, None, ...), integer arrays (lists, arrays or integer tensors; repeated
+        positions add up in the gradient) and bool masks, as NumPy and torch index. Negative slice steps work (NumPy's
+        meaning; torch refuses them)."""
         xp, shape, dtype = self.xp, self.shape, self.dtype
         index = _unwrap_index(index)
         advanced = _has_array(index)
@@ -392,14 +685,31 @@ class Tensor:
 
     @staticmethod
     def cat(tensors, axis=0):
+        """Join tensors along an existing axis (torch.cat); mixed dtypes promote as in a binary op."""
         tensors = list(tensors)
-        first = tensors[0]
+        if not tensors:
+            raise ValueError("cat: expected a non-empty list of tensors")
+        first = next((t for t in tensors if isinstance(t, Tensor)), None)
+        if first is None:
+            first = Tensor(tensors[0])
         tensors = [first._lift(t) for t in tensors]
+        for i, t in enumerate(tensors):
+            if t.ndim == 0:
+                raise TensorError(f"cat: the 0-d tensor at position {i} cannot be concatenated (it has no axis)")
+        ndim = tensors[0].ndim
+        axis = _axis(axis, ndim, "cat")
+        if any(t.ndim != ndim for t in tensors):
+            raise TensorError("cat: tensors must have the same number of dimensions, got shapes "
+                              + ", ".join(str(t.shape) for t in tensors))
+        arrays = [t.data for t in tensors]
+        floats = [a.dtype for a in arrays if a.dtype.kind == "f"]
+        dtype = np.result_type(*(floats or [a.dtype for a in arrays]))  # int with float: the float's dtype (torch)
+        arrays = [a.astype(dtype, copy=False) for a in arrays]
         try:
-            data = first.xp.concatenate([t.data for t in tensors], axis=axis)
+            data = first.xp.concatenate(arrays, axis=axis)
         except ValueError:
-            raise ValueError("cat: shapes " + ", ".join(str(t.shape) for t in tensors)
-                             + f" do not match outside axis {axis}") from None
+            raise TensorError("cat: shapes " + ", ".join(str(t.shape) for t in tensors)
+                              + f" do not match outside axis {axis}") from None
         bounds = np.cumsum([t.shape[axis] for t in tensors])[:-1].tolist()
 
         def backward(g):
@@ -407,20 +717,42 @@ class Tensor:
         return Tensor._make(data, tuple(tensors), backward, "cat")
 
     def split(self, size, axis=0):
-        """Pieces of `size` along `axis` (the last may be shorter), like torch.split with an int."""
-        n = self.shape[axis]
-        return [self[(slice(None),) * (axis % self.ndim) + (slice(i, min(i + size, n)),)] for i in range(0, n, size)]
+        """Pieces along `axis` (torch.split): of `size` each, the last maybe shorter, or of the sizes in a list, which
+        must add up to the axis's length. Returns a list."""
+        if self.ndim == 0:
+            raise TensorError("split: a 0-d tensor has no axis to split")
+        if isinstance(size, (tuple, list)):
+            axis = _axis(axis, self.ndim, "split")
+            n = self.shape[axis]
+            sizes = [operator.index(k) for k in size]
+            if any(k < 0 for k in sizes) or sum(sizes) != n:
+                raise TensorError(f"split: sizes {list(size)} must be >= 0 and add up to {n}, the length of axis "
+                                  f"{axis} of shape {self.shape}")
+        else:
+            size = operator.index(size)
+            if size < 0:
+                raise TensorError(f"split: size {size} must be positive (0 only for an empty axis)")
+            axis = _axis(axis, self.ndim, "split")
+            n = self.shape[axis]
+            if size == 0 and n > 0:
+                raise TensorError(f"split: size 0 must be positive for axis {axis} of length {n}")
+            sizes = [min(size, n - i) for i in range(0, n, size)] if n else [0]
+        lead, start, pieces = (slice(None),) * axis, 0, []
+        for k in sizes:
+            pieces.append(self[lead + (slice(start, start + k),)])
+            start += k
+        return pieces
 
     # ---- matmul ----------------------------------------------------------------------------------------------
     def __matmul__(self, other):
         other = self._lift(other)
-        a, b = self.data, other.data
+        a, b = _promote(self.data, other.data)
         if a.ndim == 0 or b.ndim == 0:
-            raise ValueError("matmul: 0-d operands are not allowed, use *")
+            raise TensorError(f"matmul: 0-d operands are not allowed (shapes {a.shape} and {b.shape}), use *")
         try:
             out = a @ b
         except ValueError:
-            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned") from None
+            raise TensorError(f"matmul: shapes {a.shape} and {b.shape} are not aligned") from None
         xp = self.xp
 
         def backward(g):
@@ -449,9 +781,18 @@ class Tensor:
         return self._lift(other) @ self
 
     # ---- softmax family and masking ---------------------------------------------------------------------------
+    def _softmax_axis(self, axis, op):
+        """The data as floats, the axis as NumPy takes it ((a,), or () for a 0-d tensor) and the maxima along it
+        (0 for an empty tensor: nothing to shift)."""
+        x = _as_float(self.data)
+        axis = _reduce_axes(axis, self.ndim, op)  # (a,) or, for a 0-d tensor, ()
+        peak = x.max(axis=axis, keepdims=True) if x.size else self.xp.zeros((), dtype=x.dtype)
+        return x, axis, peak
+
     def softmax(self, axis=-1):
         xp = self.xp
-        e = xp.exp(self.data - self.data.max(axis=axis, keepdims=True))
+        x, axis, peak = self._softmax_axis(axis, "softmax")
+        e = xp.exp(x - peak)
         out = e / e.sum(axis=axis, keepdims=True)
 
         def backward(g):
@@ -461,8 +802,10 @@ class Tensor:
 
     def log_softmax(self, axis=-1):
         xp = self.xp
-        shifted = self.data - self.data.max(axis=axis, keepdims=True)
-        out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+        x, axis, peak = self._softmax_axis(axis, "log_softmax")
+        shifted = x - peak
+        with np.errstate(divide="ignore"):  # log(0) only over an empty axis, where the output is empty too
+            out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 
         def backward(g):
             # dx = g - softmax(x) * sum(g)
@@ -477,21 +820,27 @@ class Tensor:
         try:
             out = xp.where(mask, xp.asarray(value, dtype=self.dtype), self.data)
         except ValueError:
-            raise ValueError(f"masked_fill: mask shape {mask.shape} does not broadcast to shape {self.shape}") from None
+            raise TensorError(f"masked_fill: mask shape {mask.shape} does not broadcast to shape {self.shape}") from None
         if out.shape != self.shape:
-            raise ValueError(f"masked_fill: mask shape {mask.shape} does not broadcast to shape {self.shape}")
+            raise TensorError(f"masked_fill: mask shape {mask.shape} does not broadcast to shape {self.shape}")
         return Tensor._make(out, (self,), lambda g: (xp.where(mask, 0, g).astype(g.dtype, copy=False),),
                             "masked_fill")
 
 
 def _unwrap_index(index):
-    if isinstance(index, Tensor):
-        return index.data
+    """An index as NumPy takes it: tensors as their arrays, lists (alone or inside a tuple) as arrays."""
     if isinstance(index, tuple):
-        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    if isinstance(index, list):
-        return np.asarray(index)
-    return index
+        return tuple(_unwrap_index_item(i) for i in index)
+    return _unwrap_index_item(index)
+
+
+def _unwrap_index_item(item):
+    if isinstance(item, Tensor):
+        return item.data
+    if isinstance(item, list):
+        arr = np.asarray(item)
+        return arr.astype(np.int64) if arr.size == 0 else arr  # [] selects nothing (NumPy would make it a float array)
+    return item
 
 
 def _has_array(index):
