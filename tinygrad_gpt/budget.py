@@ -86,6 +86,7 @@ def fit_to_budget(trainer, budget_s, t_start, label):
     first = timed_rehearsal(low)
     more = on_root(lambda: min(high, max(low, math.ceil(REHEARSAL_S / first))) - low)
     step_s = first if more == 0 else (first * low + timed_rehearsal(more) * more) / (low + more)
+    trainer.warm_up_evaluation()
     t0 = clock()
     losses = trainer.estimate_losses()                # a fresh run's step-0 evaluation; timed either way
     losses_s = clock() - t0
@@ -112,7 +113,8 @@ def fit_to_budget(trainer, budget_s, t_start, label):
     trainer.budget = trainer.unlogged_budget = budget
     trainer.budget_t0 = t_start
     trainer.say(f"time budget {label}: max_iters {budget['max_iters']:,} ({budget['max_iters'] - trainer.step:,} "
-                f"steps of {step_s * 1e3:.1f} ms, {budget['evaluations']} evaluations with checkpoints of "
+                f"steps of {step_s * 1e3:.1f} ms, {budget['evaluations']} evaluation"
+                f"{'s' if budget['evaluations'] != 1 else ''} with checkpoints of "
                 f"{budget['eval_s']:.2f} s; {budget['startup_s']:.1f} s of start-up and timing; planned end at "
                 f"{budget['planned_end_s']:.0f} s of {budget_s:.0f} s)")
     return losses if trainer.step == 0 else None

@@ -408,6 +408,18 @@ class Trainer:
             losses = self.dist.mean(losses)                           # each rank evaluated its rows of each batch
         return losses
 
+    def warm_up_evaluation(self):
+        """One evaluation forward pass, discarded: the first in eval mode may compile or load kernels of its own."""
+        x, y = self.eval_sets["val"][0]
+        xm, ym = self._micro_batches(x, y)[0]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with no_grad():
+                self.model(xm, ym)
+        finally:
+            self.model.train(was_training)
+
     def evaluate(self, save=False, losses=None):
         """Losses on the fixed batches (or `losses`, measured already) -> log line, plot, and (save=True) last/ and,
         if better, best/."""
