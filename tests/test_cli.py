@@ -236,6 +236,7 @@ def bad_inputs(tmp_path_factory):
     (d / "empty.txt").write_bytes(b"")
     (d / "latin1.txt").write_bytes("Il était une fois".encode("latin-1"))
     (d / "short.txt").write_text("to be or not to be", encoding="utf-8")
+    (d / "accents.txt").write_text("Noë → ok\n" * 20, encoding="utf-8")
     (d / "foreign").mkdir()
     (d / "foreign" / "ckpt.pt").write_bytes(b"\x80\x04pickle")
     return d
@@ -293,6 +294,25 @@ def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, corpus, b
         "negative seed (train)": (["train", "--data", corpus, "--seed", "-1", *fresh], "seed must be a non-negative"),
         "negative seed (sample)": (["sample", "--ckpt", run_dir, "--seed", "-1"], "seed must be a non-negative"),
         "negative length": (["sample", "--ckpt", run_dir, "-n", "-5"], "number of characters must be >= 0"),
+        "malformed duration": (["train", "--data", corpus, "--time", "5 minutes", *fresh],
+                               "--time: cannot read '5 minutes' as a duration: write it like 90s, 5m, 1h or 1h30m"),
+        "zero duration": (["train", "--data", corpus, "--time", "0m", *fresh], "--time must be a positive duration"),
+        "time and max-iters": (["train", "--data", corpus, "--time", "5m", "--max-iters", "9", *fresh],
+                               "--time and --max-iters contradict each other"),
+        "grad-accum 0": (["train", "--data", corpus, "--grad-accum", "0", *fresh], "grad_accum must be a positive"),
+        "grad-accum does not divide": (["train", "--data", corpus, *TINY, "--grad-accum", "3", *fresh],
+                                       "batch_size 4 does not split into 3 equal micro-batches"),
+        "eval: missing checkpoint": (["eval", "--ckpt", tmp_path / "nowhere"], "checkpoint not found"),
+        "eval: corrupt checkpoint": (["eval", "--ckpt", corrupt], "meta.json is unreadable or corrupt"),
+        "eval: truncated checkpoint": (["eval", "--ckpt", truncated], "model.safetensors is truncated"),
+        "eval: empty corpus": (["eval", "--ckpt", run_dir, "--data", d / "empty.txt"], "is empty"),
+        "eval: not UTF-8": (["eval", "--ckpt", run_dir, "--data", d / "latin1.txt"], "is not UTF-8 text"),
+        "eval: outside vocab": (["eval", "--ckpt", run_dir, "--data", d / "accents.txt"],
+                                "has 2 character(s) outside the checkpoint's vocabulary: 'ë' '→'"),
+        "eval: split too short": (["eval", "--ckpt", run_dir, "--data", d / "short.txt"],
+                                  "the val split of"),
+        "eval: bad split": (["eval", "--ckpt", run_dir, "--split", "test"], "invalid choice: 'test'"),
+        "eval: bad batch size": (["eval", "--ckpt", run_dir, "--batch-size", "0"], "batch size must be a positive"),
     }
     from tinygrad_gpt.backend import cuda_available
     if not cuda_available():
@@ -359,7 +379,7 @@ def test_gpu_loss_readback_names_the_diverged_step():
     from types import SimpleNamespace
 
     from tinygrad_gpt import train as T
-    run = T.Run.__new__(T.Run)
+    run = T.Trainer.__new__(T.Trainer)
     run.model = SimpleNamespace(device=SimpleNamespace(xp=np))
     run.pending = [(5, np.asarray(2.0, np.float32)), (6, np.asarray(np.nan, np.float32)),
                    (7, np.asarray(np.inf, np.float32))]

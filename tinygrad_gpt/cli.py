@@ -1,8 +1,9 @@
-"""The command line: `tinygrad-gpt train ...` and `tinygrad-gpt sample ...` (also `python -m tinygrad_gpt`).
+"""The command line: `tinygrad-gpt train|sample|eval ...` (also `python -m tinygrad_gpt`).
 
 Bad input (a missing or unusable corpus, an impossible config, an output directory holding another run, an unusable
-checkpoint, a prompt outside the vocabulary, an unavailable device) prints one line, "error: ...", on stderr and
-exits with status 2, with no traceback and nothing written. A run that diverges or cannot save exits with 1
+checkpoint, a prompt or corpus outside the vocabulary, an unavailable device, a malformed duration, a time budget
+too short for one evaluation) prints one line, "error: ...", on stderr and exits with status 2, with no traceback
+and nothing written. A run that diverges or cannot save exits with 1
 (its last good checkpoint intact), Ctrl-C with 130 (after saving).
 
 Data-parallel (`mpiexec -n N tinygrad-gpt train ...`): rank 0 prints; an error every rank meets together (bad input,
@@ -37,10 +38,11 @@ def _int(text):
 
 
 def build_parser():
-    from .train import DEFAULT_PRESET, PRESETS
+    from .config import DEFAULT_PRESET, PRESETS
+    from .evaluate import SPLITS
     p = _Parser(prog="tinygrad-gpt", description="Train and sample the char-level GPT of \"Let's build GPT\" "
                 "on a NumPy autograd engine (no torch).")
-    sub = p.add_subparsers(dest="command", metavar="{train,sample,bench}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,bench}", parser_class=_Parser)
     sub.required = True
 
     preset_lines = "\n".join(f"  {name:8} " + " ".join(f"{k}={v}" for k, v in cfg.items())
@@ -53,6 +55,8 @@ def build_parser():
                        "  tinygrad-gpt train --preset small --out runs/small\n"
                        "  tinygrad-gpt train --data data/hugo_contemplations.txt --out runs/hugo --max-iters 500\n"
                        "  tinygrad-gpt train --out runs/cpu --resume --max-iters 2000\n"
+                       "  tinygrad-gpt train --time 5m --out runs/5m        # max_iters fitted to 5 minutes\n"
+                       "  tinygrad-gpt train --preset lecture --grad-accum 4  # 4 micro-batches of 16 rows per step\n"
                        "  mpiexec -n 2 tinygrad-gpt train --batch-size 32    # data-parallel, 16 rows per rank")
     t.add_argument("--preset", choices=list(PRESETS), default=None,
                    help=f"named settings, listed below [{DEFAULT_PRESET}]")
@@ -76,6 +80,9 @@ def build_parser():
     m.add_argument("--activation", choices=["relu", "gelu"], help="MLP activation [relu]")
     o = t.add_argument_group("optimisation (preset values unless given)")
     o.add_argument("--max-iters", type=_int, help="optimizer steps in the whole run")
+    o.add_argument("--time", metavar="DURATION", dest="time_budget",
+                   help="train for this wall-clock time (90s, 5m, 1h, 1h30m): max_iters is fitted to it from the "
+                   "first steps' timing and stored, so --resume continues the same schedule; not with --max-iters")
     o.add_argument("--lr", type=float, help="peak learning rate")
     o.add_argument("--lr-schedule", choices=["constant", "cosine"], help="after the warmup")
     o.add_argument("--warmup-iters", type=_int, help="linear warmup steps")
@@ -84,6 +91,9 @@ def build_parser():
     o.add_argument("--beta1", type=float, help="[0.9]")
     o.add_argument("--beta2", type=float, help="[0.999]")
     o.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this; 0: off")
+    o.add_argument("--grad-accum", type=_int, metavar="N",
+                   help="average the gradients of N micro-batches of batch_size/N rows per step (memory of one "
+                   "micro-batch, result of the whole batch) [1]")
     e = t.add_argument_group("evaluation and output")
     e.add_argument("--eval-interval", type=_int, help="steps between evaluations (and checkpoints)")
     e.add_argument("--eval-iters", type=_int, help="fixed batches per split per evaluation [20]")
@@ -115,12 +125,29 @@ def build_parser():
                    help="past block_size: 'slide' reads the last block_size characters (the lecture's rule; the "
                    "cache then rebuilds each step), 'shift' drops the oldest quarter once the context is full "
                    "(the cache keeps paying off) [slide]")
+    v = sub.add_parser("eval", help="a checkpoint's loss on every full block of a corpus split",
+                       description="The mean cross-entropy of a checkpoint on every full block of a corpus split "
+                       "(not a sample), in nats and bits per character and as perplexity.",
+                       epilog="examples:\n  tinygrad-gpt eval --ckpt runs/cpu\n"
+                       "  tinygrad-gpt eval --ckpt runs/cpu/last --split train --json\n"
+                       "  tinygrad-gpt eval --ckpt runs/hugo --data other.txt --split all",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("--ckpt", default="runs/cpu", metavar="DIR",
+                   help="a run directory (uses its best checkpoint) or a checkpoint directory [runs/cpu]")
+    v.add_argument("--data", metavar="FILE", help="UTF-8 corpus [the one the checkpoint was trained on]")
+    v.add_argument("--split", choices=SPLITS, default="val",
+                   help="val or train (the training run's 90%%/10%% rule) or all of the text [val]")
+    v.add_argument("--json", action="store_true", help="print one JSON object instead of the text lines")
+    v.add_argument("--batch-size", type=_int, default=32, help="blocks per forward pass [32]")
+    v.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="[cpu]")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 TRAIN_FIELDS = ("data", "out", "device", "seed", "batch_size", "block_size", "n_embd", "n_head", "n_layer",
                 "dropout", "bias", "activation", "max_iters", "lr", "lr_schedule", "warmup_iters", "min_lr",
-                "weight_decay", "beta1", "beta2", "grad_clip", "eval_interval", "eval_iters", "sample_chars")
+                "weight_decay", "beta1", "beta2", "grad_clip", "grad_accum", "eval_interval", "eval_iters",
+                "sample_chars")
 
 
 def _train(args):
@@ -129,8 +156,8 @@ def _train(args):
     if args.check_sync < 0:
         raise _UsageError(f"--check-sync must be >= 0, got {args.check_sync}")
     result = train(preset=args.preset, resume=args.resume, force=args.force, stop_at=args.stop_at,
-                   progress=not args.no_progress, ddp=True if args.ddp else None, check_sync=args.check_sync,
-                   **overrides)
+                   time_budget=args.time_budget, progress=not args.no_progress, ddp=True if args.ddp else None,
+                   check_sync=args.check_sync, **overrides)
     return EXIT_INTERRUPTED if result.status == "interrupted" else 0
 
 
@@ -138,6 +165,15 @@ def _sample(args):
     from .sample import main_stream, sample
     sample(args.ckpt, prompt=args.prompt, num_chars=args.num_chars, temperature=args.temperature,
            top_k=args.top_k, seed=args.seed, device=args.device, use_cache=not args.no_cache, stream=main_stream(), window=args.window)
+    return 0
+
+
+def _eval(args):
+    import json
+    from .evaluate import describe, evaluate
+    result = evaluate(args.ckpt, data=args.data, split=args.split, batch_size=args.batch_size, device=args.device,
+                      progress=not args.no_progress, note=lambda text: print(text, file=sys.stderr))
+    print(json.dumps(result) if args.json else describe(result))
     return 0
 
 
@@ -162,19 +198,22 @@ def main(argv=None):
     from .data import DataError
     from .sample import SampleError
     from .distributed import DistributedError
-    from .train import ConfigError, SaveFailed, TrainingDiverged
+    from .config import ConfigError
+    from .evaluate import EvalError
+    from .rundir import SaveFailed
+    from .train import TrainingDiverged
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:              # the benchmark has its own options (tinygrad_gpt/bench.py)
         from .bench import main as bench_main
         return bench_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
-        return _train(args) if args.command == "train" else _sample(args)
+        return {"train": _train, "sample": _sample, "eval": _eval}[args.command](args)
     except _UsageError as e:
         return _error(e, EXIT_USAGE)
     except SystemExit as e:                # --help
         return e.code if isinstance(e.code, int) else 0
-    except (ConfigError, DataError, CheckpointError, DeviceError, SampleError, DistributedError) as e:
+    except (ConfigError, DataError, CheckpointError, DeviceError, SampleError, EvalError, DistributedError) as e:
         return _error(e, EXIT_USAGE)
     except (TrainingDiverged, SaveFailed) as e:
         return _error(e, EXIT_FAILED)

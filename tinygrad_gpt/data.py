@@ -123,7 +123,7 @@ class Corpus:
 
     def __init__(self, text, tokenizer=None, name="<text>", val_fraction=VAL_FRACTION):
         self.name = str(name)
-        self.text = text
+        self.text, self.val_fraction = text, val_fraction
         self.tokenizer = tokenizer or CharTokenizer.from_text(text)
         bad = self.tokenizer.unknown(text)
         if bad:
@@ -134,6 +134,11 @@ class Corpus:
         self.train = self.ids[:cut]                                   # (N_train,)
         self.val = self.ids[cut:]                                     # (N_val,)
         self.sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def __reduce__(self):
+        """Pickled as its text and tokenizer (data-parallel rank 0 sends the corpus it read): the receiver encodes
+        and splits it again, rather than receiving the ids too."""
+        return Corpus, (self.text, self.tokenizer, self.name, self.val_fraction)
 
     def check_block_size(self, block_size):
         """Raise DataError unless both splits hold at least one window of block_size + 1 characters."""

@@ -7,11 +7,13 @@ OMPI_COMM_WORLD_RANK/SIZE for Open MPI, ...) or with `--ddp`, every process ("ra
 One step, for N ranks and a global batch of B rows:
 
   1. every rank draws the same B window starts and keeps rows [r B/N, (r+1) B/N)   (data.BatchSampler, rows=)
-  2. forward and backward on those rows: the gradient of the mean loss over the rank's B/N * T positions
-  3. AdamW gathers the gradients into one flat buffer and calls its grad_hook before clipping and the update;
-     the hook is `DataParallel.average`: ONE in-place Allreduce (SUM) of [gradients..., loss, stop flag], then a
-     scale by 1/N. The mean of N means over equal-sized parts is the mean over the whole batch, so every rank now
-     holds the gradient one process would compute on all B rows (up to the order of the float32 additions)
+  2. forward and backward on those rows: the gradient of the mean loss over the rank's B/N * T positions (with
+     --grad-accum A: A micro-batches of B/(N A) rows, their gradients summed in the parameters' .grad)
+  3. AdamW gathers the gradients into one flat buffer and calls the step's gradient hook before clipping and the
+     update; the hook calls `DataParallel.average`: ONE in-place Allreduce (SUM) of [gradients..., loss, stop
+     flag], then a scale by 1/(N A). The mean of N A means over equal-sized parts is the mean over the whole
+     batch, so every rank now holds the gradient one process would compute on all B rows (up to the order of the
+     float32 additions)
   4. every rank takes the same AdamW step from the same gradient, so the parameters stay identical without being
      sent (checked on request: `check_sync`, a CRC32 of the parameters compared across ranks)
 
@@ -35,7 +37,6 @@ import numpy as np
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 CUDA_ALLREDUCE_VAR = "TINYGRAD_GPT_CUDA_ALLREDUCE"
-FAIL_VAR = "TINYGRAD_GPT_TEST_FAIL"        # tests only: "RANK:STEP[:raise|exit|kill|desync]"
 INSTALL_HINT = "pip install 'tinygrad_gpt[mpi]' (mpi4py and the mpich wheel), or mpi4py built against your MPI"
 
 _active = None                             # the DataParallel of this process, once set up
@@ -114,7 +115,6 @@ class DataParallel:
         self.transport = "mpi"               # "mpi" (host arrays), or on cuda "nccl", "cuda-mpi", "host"
         self._nccl = None
         self.allreduce_s, self.allreduces = 0.0, 0
-        self._fail = _parse_fail(os.environ.get(FAIL_VAR))
 
     @property
     def is_root(self):
@@ -212,25 +212,22 @@ class DataParallel:
             self._bcast(g.flat)
 
     # ---- every step ------------------------------------------------------------------------------------------
-    def average(self, loss, step, stop=False):
-        """The grad hook's body: after AdamW gathered this rank's gradients into the buffer, average the buffer over
-        the ranks in place, with this rank's loss and stop flag. Returns (mean loss, whether any rank stops)."""
-        if self._fail is not None and self._fail[:2] == (self.rank, step) and self._fail[2] != "desync":
-            _inject_failure(self.rank, step, self._fail[2])
+    def average(self, loss, stop=False, parts=1):
+        """The gradient hook's body: after AdamW gathered this rank's gradients into the buffer (the sum of `parts`
+        micro-batch means), sum the buffer over the ranks in place, with this rank's loss (the same sum) and stop
+        flag, and scale by 1 / (ranks * parts): every rank then holds the mean over the whole batch.
+        Returns (mean loss, whether any rank stops)."""
         buf, n = self.buf, self.n
         buf[n] = loss
         buf[n + 1] = 1.0 if stop else 0.0
         if self.size > 1:
             t0 = time.perf_counter()
             self._allreduce(buf)
-            buf *= 1.0 / self.size                                           # the sum of N means -> their mean
-            if self._fail is not None and self._fail == (self.rank, step, "desync"):
-                buf[0] += 1.0                                                # tests only: this rank drifts
-            mean_loss, any_stop = float(buf[n]), bool(buf[n + 1] > 0)       # (reading back waits for the GPU)
             self.allreduce_s += time.perf_counter() - t0
             self.allreduces += 1
-            return mean_loss, any_stop
-        return float(buf[n]), bool(stop)
+        if self.size * parts > 1:
+            buf *= 1.0 / (self.size * parts)                                 # the sum of N means -> their mean
+        return float(buf[n]), bool(buf[n + 1] > 0)                          # (reading back waits for the GPU)
 
     def mean(self, values):
         """The mean over the ranks of a few host floats (evaluation losses), in float64."""
@@ -304,24 +301,3 @@ class DataParallel:
 
 def _nccl_dtype(nccl, dtype):
     return {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}[np.dtype(dtype)]
-
-
-def _parse_fail(spec):
-    """TINYGRAD_GPT_TEST_FAIL="RANK:STEP[:MODE]" -> (rank, step, mode); MODE "raise" (default), "exit",
-    "kill", or "desync" (that rank's averaged gradient is altered: what check_sync must catch)."""
-    if not spec:
-        return None
-    parts = spec.split(":")
-    return int(parts[0]), int(parts[1]), parts[2] if len(parts) > 2 else "raise"
-
-
-def _inject_failure(rank, step, mode):
-    """Tests only: fail the way a real rank can: an exception (which aborts the job), an exit without a word
-    to MPI, or death by SIGKILL (as from the out-of-memory killer)."""
-    if mode in ("exit", "kill"):
-        print(f"rank {rank}: {mode} at step {step} ({FAIL_VAR})", file=sys.stderr, flush=True)
-        if mode == "kill":
-            import signal
-            os.kill(os.getpid(), signal.SIGKILL)
-        os._exit(3)
-    raise RuntimeError(f"injected failure at step {step} ({FAIL_VAR})")

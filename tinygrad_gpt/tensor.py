@@ -19,7 +19,6 @@ empty axis list reduces over every axis (torch's `dim=()`).
 """
 import math
 import operator
-import os
 
 import numpy as np
 
@@ -163,15 +162,13 @@ def _erf(x, xp):
 
 
 def _make_erf():
-    if os.environ.get("TINYGRAD_GPT_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off"):
-        try:
-            import numba
-        except ImportError:
-            pass
-        else:
-            def erf(v):
-                return math.erf(v)
-            return numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)(erf)
+    from . import kernels
+    if kernels.enabled("cpu"):
+        import numba
+
+        def erf(v):
+            return math.erf(v)
+        return numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)(erf)
     per_element = np.vectorize(math.erf, otypes=[np.float64])
     return lambda x: per_element(x).astype(x.dtype, copy=False)
 

@@ -78,6 +78,7 @@ def _probe(device):
         return False
     if device == "cpu":
         try:
+            import numba  # noqa: F401
             _module("cpu", "setup").configure()
         except ImportError as e:   # numba is a dependency: only a broken installation gets here
             warnings.warn(f"tinygrad_gpt: CPU kernels disabled, using NumPy code instead ({e}); reinstall numba",
