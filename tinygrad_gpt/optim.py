@@ -27,6 +27,9 @@ class _Group:
             self.flat[a:b] = p.data.reshape(-1)
             p.data = self.flat[a:b].reshape(p.shape)                  # the parameter now lives in the buffer
         self.grad = xp.zeros_like(self.flat)                          # gradients, gathered by step()
+        self.grad_views = self.views(self.grad)
+        for p, view in zip(params, self.grad_views):
+            p.grad_buffer = view                                      # backward() writes p.grad there directly
         self.whole = True                                             # every parameter had a gradient
         self.exp_avg = xp.zeros_like(self.flat)                       # m
         self.exp_avg_sq = xp.zeros_like(self.flat)                    # v
@@ -76,21 +79,22 @@ class AdamW:
         return _clip_arrays([p.grad for p in self.parameters() if p.grad is not None], max_norm)
 
     def gather_grads(self):
-        """Copy every parameter's .grad into its group's flat gradient buffer `grp.grad`. A group where some
-        parameter has no gradient is marked partial (`grp.whole = False`) and keeps its gradients in p.grad.
-        Returns True when every group is whole."""
+        """Bring every parameter's .grad into its group's flat gradient buffer `grp.grad` (backward() already wrote it
+        there unless p.grad was replaced). A group where some parameter has no gradient is marked partial
+        (`grp.whole = False`) and keeps its gradients in p.grad. Returns True when every group is whole."""
         for grp in self.groups:
             grp.whole = all(p.grad is not None for p in grp.params)
             if grp.whole:
-                for p, g in zip(grp.params, grp.views(grp.grad)):
-                    g[...] = p.grad
+                for p, g in zip(grp.params, grp.grad_views):
+                    if p.grad is not g:
+                        g[...] = p.grad
         return all(grp.whole for grp in self.groups)
 
     def _grad_arrays(self):
         """The gradients the update will use: flat-buffer views for whole groups, p.grad for partial ones."""
         for grp in self.groups:
             if grp.whole:
-                yield from grp.views(grp.grad)
+                yield from grp.grad_views
             else:
                 yield from (p.grad for p in grp.params if p.grad is not None)
 
@@ -101,7 +105,8 @@ class AdamW:
         norm is clipped (max_grad_norm), then the update. Data-parallel training passes a hook that averages the
         flat buffers `grp.grad` across processes in place, so clipping and the update see the averaged gradient;
         a hook that raises leaves the parameters and the optimizer state untouched. With a hook, every parameter
-        needs a gradient. (p.grad itself is left as backward made it: clipping scales the flat buffer.)"""
+        needs a gradient. (p.grad is normally a view of the flat buffer, so it sees the hook's averaging and the
+        clipping.)"""
         whole = self.gather_grads()
         if grad_hook is not None:
             if not whole:
@@ -116,7 +121,7 @@ class AdamW:
                 grp.steps = [grp.steps[0] + 1] * len(grp.params)
                 self._update(grp.flat, grp.grad, grp.exp_avg, grp.exp_avg_sq, grp, grp.steps[0], coef)
             else:  # torch skips parameters without a gradient: update the others one by one, each at its own step
-                grads = grp.views(grp.grad) if grp.whole else [p.grad for p in grp.params]
+                grads = grp.grad_views if grp.whole else [p.grad for p in grp.params]
                 ms, vs = grp.views(grp.exp_avg), grp.views(grp.exp_avg_sq)
                 for i, (p, g) in enumerate(zip(grp.params, grads)):
                     if g is not None:

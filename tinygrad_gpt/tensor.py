@@ -174,7 +174,7 @@ def _make_erf():
 
 
 class Tensor:
-    __slots__ = ("data", "grad", "requires_grad", "device", "_parents", "_backward", "_op")
+    __slots__ = ("data", "grad", "requires_grad", "device", "_parents", "_backward", "_op", "grad_buffer")
     __array_priority__ = 1000  # so that `ndarray * Tensor` defers to Tensor.__rmul__
 
     def __init__(self, data, requires_grad=False, device=None, dtype=None):
@@ -189,6 +189,8 @@ class Tensor:
         self._parents = ()
         self._backward = None
         self._op = None  # name of the op that made this tensor; None for a leaf
+        # where backward() puts a leaf's first gradient instead of a new array (an optimizer's flat buffer view)
+        self.grad_buffer = None
 
     # ---- construction of graph nodes -------------------------------------------------------------------------
     @classmethod
@@ -197,6 +199,7 @@ class Tensor:
         out = cls.__new__(cls)
         # asarray: NumPy returns scalars, not 0-d arrays, from ops on 0-d arrays and from full reductions
         out.data, out.grad, out.device, out._op = parents[0].xp.asarray(data), None, parents[0].device, op
+        out.grad_buffer = None
         out.requires_grad = _grad_enabled and any(p.requires_grad for p in parents)
         if out.requires_grad:
             out._parents, out._backward = parents, backward
@@ -303,9 +306,16 @@ class Tensor:
         if g.dtype != self.data.dtype:
             g = g.astype(self.data.dtype)
         if self.grad is None:
-            # A leaf owns its gradient (users and the optimizer may change it in place); an inner node's
-            # gradient may alias another node's and is only read.
-            self.grad = self.xp.array(g) if self._op is None else g  # a copy, and a 0-d array, not a scalar
+            # A leaf owns its gradient (users and the optimizer may change it in place): a copy, written into its
+            # grad_buffer when it has one (AdamW's flat gradient buffer: no gathering copy at step()). An inner
+            # node's gradient may alias another node's and is only read.
+            if self._op is not None:
+                self.grad = g
+            elif self.grad_buffer is not None:
+                self.grad_buffer[...] = g
+                self.grad = self.grad_buffer
+            else:
+                self.grad = self.xp.array(g)                          # a 0-d array, not a scalar
         elif self._op is None:
             self.grad += g
         else:

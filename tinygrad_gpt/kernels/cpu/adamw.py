@@ -13,21 +13,24 @@ PIECE = 1 << 14      # elements per piece of the norm's partial sums: fixed, so 
 
 @kernel(exact=True)
 def adamw_upd(p, g, m, v, coef, decay, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, lr_over_bc1):
-    """In place: g *= coef (clipping; coef 1 when off), then the update of p, m, v from g."""
+    """In place: g *= coef (clipping; coef 1 when off), then the update of p, m, v from g. Pieces of PIECE elements,
+    each a loop from 0 over slices (a loop with a computed start did not vectorise)."""
     n = p.shape[0]
     for q in prange(-(-n // PIECE)):
-        for i in range(q * PIECE, min(n, (q + 1) * PIECE)):
-            gi = g[i] * coef
-            g[i] = gi
-            pi = p[i] * decay                                      # p -= lr * wd * p   (decay = 1 - lr * wd)
-            mi = m[i]
+        a, b = q * PIECE, min(n, (q + 1) * PIECE)
+        pq, gq, mq, vq = p[a:b], g[a:b], m[a:b], v[a:b]
+        for i in range(b - a):
+            gi = gq[i] * coef
+            gq[i] = gi
+            pi = pq[i] * decay                                     # p -= lr * wd * p   (decay = 1 - lr * wd)
+            mi = mq[i]
             mi = mi + (gi - mi) * one_minus_beta1                  # m = beta1 m + (1 - beta1) g   (torch's lerp)
-            vi = v[i] * beta2
+            vi = vq[i] * beta2
             vi = vi + (gi * gi) * one_minus_beta2                  # v = beta2 v + (1 - beta2) g^2
             denom = np.sqrt(vi) / bc2_sqrt + eps                   # sqrt(v / (1 - beta2^t)) + eps
-            p[i] = pi - (mi / denom) * lr_over_bc1                 # p -= lr * m_hat / (sqrt(v_hat) + eps)
-            m[i] = mi
-            v[i] = vi
+            pq[i] = pi - (mi / denom) * lr_over_bc1                # p -= lr * m_hat / (sqrt(v_hat) + eps)
+            mq[i] = mi
+            vq[i] = vi
 
 
 @kernel
@@ -35,9 +38,10 @@ def sq_norm_parts(g, parts):
     """parts[q] = sum of g^2 over piece q (float64 accumulation)."""
     n = g.shape[0]
     for q in prange(parts.shape[0]):
+        gq = g[q * PIECE:min(n, (q + 1) * PIECE)]
         acc = 0.0
-        for i in range(q * PIECE, min(n, (q + 1) * PIECE)):
-            x = np.float64(g[i])
+        for i in range(gq.shape[0]):
+            x = np.float64(gq[i])
             acc += x * x
         parts[q] = acc
 

@@ -39,7 +39,9 @@ PARALLEL_SCORES = 1 << 20
 @kernel
 def softmax_fwd(st, off, keep, ks, at):
     """In place on st (G, H, kn, n), S^T / sqrt(hs): P^T, the softmax over the keys query i sees (j <= off + i),
-    exactly 0 at the others. With a dropout keep-mask (G, H, n, kn), also at = A^T = (P * keep * ks)^T."""
+    exactly 0 at the others. With a dropout keep-mask (G, H, n, kn), also at = A^T = (P * keep * ks)^T.
+    Key j is seen by queries lo(j) = clip(j - off, 0, n) onwards; the loops over them run on slices from lo(j), so
+    that each is a plain loop from 0 (numba's loops with a computed start did not vectorise)."""
     g_, h_, kn, n = st.shape
     ft = st.dtype.type
     for gh in prange(g_ * h_):
@@ -48,21 +50,24 @@ def softmax_fwd(st, off, keep, ks, at):
         m = np.full(n, -np.inf, st.dtype)                          # per query: max over the keys it sees
         l = np.zeros(n, st.dtype)                                  # per query: sum of exp(s - m)
         for j in range(kn):
-            for i in range(max(0, j - off), n):
-                m[i] = max(m[i], s[j, i])
+            lo = min(n, max(0, j - off))
+            row, mr = s[j, lo:], m[lo:]
+            for i in range(row.shape[0]):
+                mr[i] = max(mr[i], row[i])
         for j in range(kn):
-            lo = min(n, max(0, j - off))                           # queries before lo do not see key j
-            for i in range(lo):
-                s[j, i] = ft(0)
-            for i in range(lo, n):
-                e = exp(s[j, i] - m[i])
-                s[j, i] = e
-                l[i] += e
+            lo = min(n, max(0, j - off))
+            s[j, :lo] = ft(0)                                      # masked: queries before lo do not see key j
+            row, mr, lr = s[j, lo:], m[lo:], l[lo:]
+            for i in range(row.shape[0]):
+                e = exp(row[i] - mr[i])
+                row[i] = e
+                lr[i] += e
         for i in range(n):
             l[i] = ft(1) / l[i]
         for j in range(kn):
+            row = s[j]
             for i in range(n):
-                s[j, i] *= l[i]                                    # P^T = exp(S - m)^T / l
+                row[i] *= l[i]                                     # P^T = exp(S - m)^T / l
         if keep is not None:
             for j in range(kn):
                 for i in range(n):
@@ -78,12 +83,14 @@ def softmax_bwd(dp, pt, d, scale, keep, ks):
     ft = dp.dtype.type
     for gh in prange(g_ * h_):
         g, h = gh // h_, gh % h_
+        dg = d[g, h]
         for j in range(kn):
+            row, prow = dp[g, h, j], pt[g, h, j]
+            if keep is not None:
+                for i in range(n):
+                    row[i] *= ft(keep[g, h, i, j]) * ks
             for i in range(n):
-                x = dp[g, h, j, i]
-                if keep is not None:
-                    x *= ft(keep[g, h, i, j]) * ks
-                dp[g, h, j, i] = pt[g, h, j, i] * (x - d[g, h, i]) * scale
+                row[i] = prow[i] * (row[i] - dg[i]) * scale
 
 
 @kernel

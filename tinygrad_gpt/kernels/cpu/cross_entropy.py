@@ -21,18 +21,19 @@ def cross_entropy_fwd(z, y, prob, loss_part):
     for p in prange(loss_part.shape[0]):
         acc = ft(0)
         for r in range(p * ROWS, min(n, (p + 1) * ROWS)):
-            m = z[r, 0]
-            for j in range(1, v):
-                m = max(m, z[r, j])
+            zr, pr = z[r], prob[r]
+            m = zr[0]
+            for j in range(v):
+                m = max(m, zr[j])
             s = ft(0)
             for j in range(v):
-                e = exp(z[r, j] - m)
-                prob[r, j] = e
+                e = exp(zr[j] - m)
+                pr[j] = e
                 s += e
-            acc += np.log(s) - (z[r, y[r]] - m)
+            acc += np.log(s) - (zr[y[r]] - m)
             inv = ft(1) / s
             for j in range(v):
-                prob[r, j] *= inv
+                pr[j] *= inv
         loss_part[p] = acc
 
 

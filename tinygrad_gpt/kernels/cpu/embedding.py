@@ -26,7 +26,8 @@ def embed_fwd(idx, tok, pos, pos0, out):
 @kernel
 def embed_bwd(idx, g, d_tok, d_pos):
     """d_tok[v] = sum of g[b, i] over positions with idx[b, i] == v (positions in order); d_pos[i] = sum_b g[b, i]
-    for i < t (the rest of d_pos is zero). Parallel over pieces of COLS channels: each piece owns its columns."""
+    for i < t (the rest of d_pos is zero). Parallel over pieces of COLS channels: each piece owns its columns (loops
+    from 0 over slices: a loop with a computed start did not vectorise)."""
     bsz, t = idx.shape
     c = g.shape[2]
     ft = g.dtype.type
@@ -36,10 +37,10 @@ def embed_bwd(idx, g, d_tok, d_pos):
         d_pos[:, j0:j1] = ft(0)
         for b in range(bsz):
             for i in range(t):
-                row = idx[b, i]
-                for j in range(j0, j1):
-                    d_tok[row, j] += g[b, i, j]
-                    d_pos[i, j] += g[b, i, j]
+                src, tok, pos = g[b, i, j0:j1], d_tok[idx[b, i], j0:j1], d_pos[i, j0:j1]
+                for j in range(j1 - j0):
+                    tok[j] += src[j]
+                    pos[j] += src[j]
 
 
 def embed_forward(idx, tok_w, pos_w, pos0=0):
