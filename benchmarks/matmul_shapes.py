@@ -48,7 +48,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     bc = tb.CONFIGS[args.config]
     n = bc.batch_size * bc.block_size
-    cpu_setup.configure()                     # as the engine runs: no page faults on fresh outputs, short BLAS spin
+    cpu_setup.configure()                     # as the engine runs: no page faults on fresh outputs
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     rows, totals = [], {"numpy": 0.0, "torch": 0.0}

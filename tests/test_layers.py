@@ -143,15 +143,15 @@ def test_layer_norm(dtype, C, bias, lead, seed):
 
 @contextlib.contextmanager
 def score_blocks(n):
-    """Run the CPU attention kernel in blocks of about n scores (None: the default, one block for these small shapes;
-    1: one batch row per block, 8 queries per block, spread over the threads), or (n = "twin") the NumPy twin with
-    the kernels off, so the single-block kernel, the blocked threaded one and the twin all meet the oracle."""
-    names = ("BLOCK_SCORES", "QUERY_BLOCK", "PARALLEL_SCORES")
+    """Run the CPU attention kernel in query blocks of n queries (None: the default, one block for these small
+    shapes), or (n = "twin") the NumPy twin with the kernels off, so the one-block kernel, the many-block one and the
+    twin all meet the oracle."""
+    names = ("QUERY_BLOCK", "QUERY_BLOCK_MIN")
     saved = [getattr(cpu_attention, k) for k in names]
     if n == "twin":
         kernels.set_enabled(False, "cpu")
     elif n is not None:
-        for k, value in zip(names, (n, 8, 0)):
+        for k, value in zip(names, (n, 1)):
             setattr(cpu_attention, k, value)
     try:
         yield
@@ -161,7 +161,7 @@ def score_blocks(n):
         kernels.set_enabled(None, "cpu")
 
 
-@pytest.mark.parametrize("blocks", [None, 1, "twin"])
+@pytest.mark.parametrize("blocks", [None, 3, "twin"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(data=st.data())
 def test_attention_core_against_torch_sdpa(dtype, blocks, data):
@@ -182,7 +182,7 @@ def test_attention_core_against_torch_sdpa(dtype, blocks, data):
     check("attention core", dtype, errors, red_attention_core(t, hs), 10)
 
 
-@pytest.mark.parametrize("blocks", [None, 1, "twin"])
+@pytest.mark.parametrize("blocks", [None, 3, "twin"])
 @given(data=st.data(), p=st.floats(0.05, 0.9))
 def test_attention_core_with_keep_mask(blocks, data, p):
     """The attention core with a dropout keep-mask on the attention weights: A = softmax(S) * M / (1 - p)."""

@@ -824,7 +824,7 @@ def run_suite(args, factories, extra_meta=None, sampling_extra=None, rss_cmd=Non
     # as the trainer does: large freed blocks stay in the heap (no page faults per step); process-wide, so every
     # engine of the run, torch included, gets the same allocator
     results["meta"]["host_allocator_tuned"] = tune_host_allocator()
-    results["meta"]["blas_spin_shortened"] = cpu_setup.configure().get("blas_spin", False)
+    results["meta"]["process_settings"] = cpu_setup.configure()
     m = results["meta"]["machine"]
     if m.get("loadavg_at_start") and m["loadavg_at_start"][0] > 0.5 * m.get("usable_cpus", m["cpu_count"] or 1):
         results["meta"]["busy"] = (

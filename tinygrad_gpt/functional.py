@@ -26,35 +26,40 @@ _GELU_K = math.sqrt(2.0 / math.pi)
 
 
 @twin
-def epilogue_forward(y, b=None, activation=None, residual=None):
-    """In place on a matmul's output y (N, D): y = act(y + b) + residual, act None, "relu" or "gelu" (the tanh form,
-    torch's gelu(approximate="tanh")); b, residual optional (a residual only without an activation). Returns what
-    epilogue_backward needs: the ReLU's output (y itself), the GELU's input, or None."""
-    xp = _xp(y)
+def linear_forward(x, w, b=None, activation=None, residual=None):
+    """y = act(x W^T + b) + residual for x (N, in), W (out, in): a 2-D matmul (the shape BLAS is fastest at) and its
+    epilogue. act None, "relu" or "gelu" (the tanh form, torch's gelu(approximate="tanh")); b, residual (N, out)
+    optional (a residual only without an activation). Returns y (N, out) and what linear_backward needs: the ReLU's
+    output (y itself), the GELU's input, or None."""
+    xp = _xp(x)
+    y = x @ w.T                                                    # (N, out)
     if b is not None:
         y += b
     saved = None
     if activation == "relu":
-        xp.maximum(y, 0, out=y)                                    # y = max(y + b, 0)
+        xp.maximum(y, 0, out=y)                                    # y = max(x W^T + b, 0)
         saved = y
     elif activation == "gelu":
-        saved = y.copy()                                           # u = y + b, kept for the backward
+        saved = y.copy()                                           # u = x W^T + b, kept for the backward
         y[...] = _gelu(saved, xp)
     if residual is not None:
         y += residual
-    return saved
+    return y, saved
 
 
 @twin
-def epilogue_backward(g, saved, activation=None, bias=True):
-    """In place on the gradient g (N, D) of epilogue_forward's output: g *= act'(.) (the gradient of y + b); returns
-    db = column sums of that (None without a bias). Without an activation g is only read."""
+def linear_backward(g, x, w, bias=True, saved=None, activation=None):
+    """Gradients of linear_forward for its output's gradient g (N, out). With an activation g is changed in place
+    to the gradient of x W^T + b (g *= act'(.)); without, it is only read. -> dx (N, in), dW (out, in), db (out,) or
+    None."""
     xp = _xp(g)
     if activation == "relu":
         g *= saved > 0                                             # relu'(u) = [u > 0] = [y > 0]
     elif activation == "gelu":
         g *= _gelu_slope(saved, xp)
-    return g.sum(axis=0) if bias else None                         # db = sum_rows g
+    dx = g @ w                                                     # dL/dx = g W       (N, in)
+    dw = g.T @ x                                                   # dL/dW = g^T x     (out, in)
+    return dx, dw, (g.sum(axis=0) if bias else None)               # dL/db = sum_rows g
 
 
 def _gelu(u, xp):
@@ -70,27 +75,18 @@ def _gelu_slope(u, xp):
     return ft(0.5) * (1 + th) + ft(0.5) * u * (1 - th * th) * ft(_GELU_K) * (1 + ft(3 * 0.044715) * u * u)
 
 
-def _linear_backward(g2, x2, w):
-    """Gradients of y = x W^T for 2-D g2 (N, out), x2 (N, in): dx = g W, dW = g^T x."""
-    return g2 @ w, g2.T @ x2                                       # (N, in), (out, in)
-
-
 def linear(x, weight, bias=None, residual=None):
-    """y = x @ W.T + b over the last axis, as 2-D matmuls (the shape BLAS is fastest at). W is (out, in).
+    """y = x @ W.T + b over the last axis, W (out, in), as one node.
     residual: optional tensor of y's shape, added in the same pass as the bias (y = residual + x W^T + b): one node
     and one pass over memory instead of a separate add (the transformer's residual connection)."""
     lead, c_in = x.shape[:-1], x.shape[-1]
     x2 = x.data.reshape(-1, c_in)                                  # (N, in)
     w = weight.data
-    y = x2 @ w.T                                                   # (N, out)
-    epilogue_forward(y, _data(bias), None, _rows(residual, lead + (w.shape[0],)))
+    y, _ = linear_forward(x2, w, _data(bias), None, _rows(residual, lead + (w.shape[0],)))   # (N, out)
 
     def backward(g):
-        g2 = g.reshape(-1, w.shape[0])                             # (N, out)
-        dx, dw = _linear_backward(g2, x2, w)
-        grads = (dx.reshape(lead + (c_in,)), dw)
-        if bias is not None:
-            grads += (epilogue_backward(g2, None, None, True),)   # db = column sums of g (g only read)
+        dx, dw, db = linear_backward(g.reshape(-1, w.shape[0]), x2, w, bias is not None)   # g only read
+        grads = (dx.reshape(lead + (c_in,)), dw) + (() if bias is None else (db,))
         return grads + ((g,) if residual is not None else ())
     parents = tuple(p for p in (x, weight, bias, residual) if p is not None)
     return Tensor._make(y.reshape(lead + (w.shape[0],)), parents, backward, "linear")
@@ -103,19 +99,15 @@ def mlp(x, fc_weight, fc_bias, proj_weight, proj_bias, residual=None, activation
     lead, c = x.shape[:-1], x.shape[-1]
     x2 = x.data.reshape(-1, c)                                     # (N, C)
     w1, w2 = fc_weight.data, proj_weight.data                      # (4C, C), (C, 4C)
-    h = x2 @ w1.T                                                  # (N, 4C)
-    saved = epilogue_forward(h, _data(fc_bias), activation)        # h = act(x W1^T + b1)
-    y = h @ w2.T                                                   # (N, C)
-    epilogue_forward(y, _data(proj_bias), None, _rows(residual, lead + (w2.shape[0],)))
+    h, saved = linear_forward(x2, w1, _data(fc_bias), activation)  # h = act(x W1^T + b1)   (N, 4C)
+    y, _ = linear_forward(h, w2, _data(proj_bias), None, _rows(residual, lead + (w2.shape[0],)))   # (N, C)
 
     def backward(g):
         g2 = g.reshape(-1, w2.shape[0])                            # (N, C)
-        dh, dw2 = _linear_backward(g2, h, w2)                      # dh = g W2: ours to change in place
-        db2 = () if proj_bias is None else (epilogue_backward(g2, None, None, True),)
-        db1 = epilogue_backward(dh, saved, activation, fc_bias is not None)   # dh *= act'(.); db1 = sum_rows dh
-        dx, dw1 = _linear_backward(dh, x2, w1)
-        db1 = () if fc_bias is None else (db1,)
-        return (dx.reshape(lead + (c,)), dw1, *db1, dw2, *db2) + ((g,) if residual is not None else ())
+        dh, dw2, db2 = linear_backward(g2, h, w2, proj_bias is not None)          # dh = g W2: ours to change
+        dx, dw1, db1 = linear_backward(dh, x2, w1, fc_bias is not None, saved, activation)   # dh *= act'(.) first
+        grads = (dx.reshape(lead + (c,)), dw1) + (() if fc_bias is None else (db1,)) + (dw2,)
+        return grads + (() if proj_bias is None else (db2,)) + ((g,) if residual is not None else ())
     parents = tuple(p for p in (x, fc_weight, fc_bias, proj_weight, proj_bias, residual) if p is not None)
     return Tensor._make(y.reshape(lead + (w2.shape[0],)), parents, backward, "mlp")
 

@@ -26,10 +26,7 @@ class _Group:
         for p, a, b in zip(params, self.offsets, self.offsets[1:]):
             self.flat[a:b] = p.data.reshape(-1)
             p.data = self.flat[a:b].reshape(p.shape)                  # the parameter now lives in the buffer
-        self.grad = xp.zeros_like(self.flat)                          # gradients, gathered by step()
-        self.grad_views = self.views(self.grad)
-        for p, view in zip(params, self.grad_views):
-            p.grad_buffer = view                                      # backward() writes p.grad there directly
+        self.grad = xp.zeros_like(self.flat)                          # gradients (see the grad property)
         self.whole = True                                             # every parameter had a gradient
         self.exp_avg = xp.zeros_like(self.flat)                       # m
         self.exp_avg_sq = xp.zeros_like(self.flat)                    # v
@@ -38,6 +35,20 @@ class _Group:
 
     def views(self, flat):
         return [flat[a:b].reshape(p.shape) for p, a, b in zip(self.params, self.offsets, self.offsets[1:])]
+
+    @property
+    def grad(self):
+        """The group's flat gradient buffer. Each parameter's grad_buffer is its view in it, so backward() writes the
+        gradients there directly; setting a new buffer (data-parallel training shares one across groups) moves the
+        views with it."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, buf):
+        self._grad = buf
+        self.grad_views = self.views(buf)
+        for p, view in zip(self.params, self.grad_views):
+            p.grad_buffer = view
 
 
 class AdamW:

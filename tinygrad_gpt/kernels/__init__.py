@@ -7,8 +7,8 @@ where there is none or kernels are off. Launchers take the twins' arguments and 
 | twin (functional.py, optim.py)                 | cpu: kernels/cpu/ | cuda: kernels/cuda/ |
 |------------------------------------------------|-------------------|---------------------|
 | embed_forward, embed_backward                  | embedding.py      | -                   |
-| epilogue_forward, epilogue_backward            | linear.py         | -                   |
-|   (bias, ReLU/GELU, residual; act'(.) and db)  |                   |                     |
+| linear_forward, linear_backward                | linear.py         | -                   |
+|   (x W^T, bias, ReLU/GELU, residual; backward) |                   |                     |
 | layer_norm_forward, layer_norm_backward        | layernorm.py      | layernorm.py        |
 | attention_forward, attention_backward          | attention.py      | attention.py        |
 |   (causal masked scaled softmax, fwd and bwd)  |                   |                     |
@@ -36,8 +36,8 @@ TABLE = {
     # twin                    (cpu module,       cuda module)
     "embed_forward":          ("embedding",      None),
     "embed_backward":         ("embedding",      None),
-    "epilogue_forward":       ("linear",         None),
-    "epilogue_backward":      ("linear",         None),
+    "linear_forward":         ("linear",         None),
+    "linear_backward":        ("linear",         None),
     "layer_norm_forward":     ("layernorm",      "layernorm"),
     "layer_norm_backward":    ("layernorm",      "layernorm"),
     "attention_forward":      ("attention",      "attention"),
@@ -113,7 +113,12 @@ def launcher(name, device):
     key = (name, device)
     if key not in _launchers:
         module = TABLE[name][DEVICES.index(device)]
-        _launchers[key] = getattr(_module(device, module), name) if module and enabled(device) else None
+        impl = None
+        if module and enabled(device):
+            mod = _module(device, module)
+            if getattr(mod, "available", lambda: True)():         # e.g. the CPU attention needs a callable BLAS
+                impl = getattr(mod, name)
+        _launchers[key] = impl
     return _launchers[key]
 
 

@@ -24,7 +24,7 @@ import types
 import numba
 
 FASTMATH = {"reassoc", "contract"}
-PARALLEL_WORK = 1 << 20        # elements a launch touches before its parallel version pays (see docs/cpu-performance.md)
+PARALLEL_WORK = 1 << 14        # elements a launch touches before its parallel version pays (see docs/cpu-performance.md)
 
 
 class Kernel:

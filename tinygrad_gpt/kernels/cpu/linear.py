@@ -1,10 +1,12 @@
-"""The elementwise work around a linear layer's matmul, on the CPU: the epilogue of y = x W^T (bias, activation,
-residual, in one pass over y) and, in the backward, the activation's derivative fused with the bias gradient.
-NumPy twins: functional.epilogue_forward / epilogue_backward. The matmuls stay with NumPy's BLAS.
+"""A linear layer on the CPU: y = act(x W^T + b) + residual and its backward, with the products split over numba's
+threads (each thread one single-threaded BLAS call, kernels/cpu/blas.py) and the elementwise work fused to them:
+the forward's epilogue (bias, activation, residual) runs on each thread's rows right after its product, while they
+are in the cache; the backward's activation derivative is fused with the bias gradient (column sums).
+NumPy twins: functional.linear_forward / linear_backward.
 
-One kernel per activation (none, ReLU, GELU in its tanh form: GPT-2's and torch's gelu(approximate="tanh")):
-numba removes the code for an argument that is None (a missing bias, residual or bias gradient) when it compiles.
-Dimension names: N rows, D outputs; the backward's column sums run in pieces of ROWS rows.
+Activations: None, "relu", "gelu" (the tanh form, GPT-2's and torch's gelu(approximate="tanh")); numba removes the
+code for an argument that is None (a missing bias, residual or bias gradient) when it compiles.
+Dimension names: N rows, D outputs (out), I inputs (in); the column sums run in pieces of ROWS rows.
 """
 import math
 
@@ -12,12 +14,14 @@ import numba
 import numpy as np
 from numba import prange
 
+from . import blas
 from ._jit import kernel
 from ._math import tanh
 
 ROWS = 64            # rows per piece of the column sums: fixed, so results do not depend on the thread count
 _GELU_K = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
+ACT = {None: 0, "relu": 1, "gelu": 2}
 
 
 @numba.njit(inline="always")
@@ -124,8 +128,93 @@ def sum_rows(parts, out):
             out[j] += parts[p, j]
 
 
+@kernel
+def linear_fwd(fn, itype, x, w, y, b, act, residual, pre, pieces):
+    """y (N, D) = act(x (N, I) W^T + b) + residual, W (D, I); the rows of y in `pieces` parts, each one BLAS call and
+    then its epilogue while the rows are in the cache. act: 0 none, 1 ReLU, 2 GELU (pre receives x W^T + b).
+    b, residual, pre may be None."""
+    n, d = y.shape
+    k = x.shape[1]
+    ft = y.dtype.type
+    for p in prange(pieces):
+        r0, r1 = p * n // pieces, (p + 1) * n // pieces
+        blas.gemm(fn, itype, blas.NO_TRANS, blas.TRANS, r1 - r0, d, k, ft(1), x.ctypes.data + r0 * k * x.itemsize,
+                  k, w.ctypes.data, k, ft(0), y.ctypes.data + r0 * d * y.itemsize, d)
+        for i in range(r0, r1):
+            row = y[i]
+            if b is not None:
+                for j in range(d):
+                    row[j] += b[j]
+            if act == 1:
+                for j in range(d):
+                    row[j] = max(row[j], ft(0))
+            elif act == 2 and pre is not None:
+                prow = pre[i]
+                for j in range(d):
+                    prow[j] = row[j]
+                    row[j] = _gelu_and_slope(row[j], ft)[0]
+            if residual is not None:
+                rrow = residual[i]
+                for j in range(d):
+                    row[j] += rrow[j]
+
+
+@kernel
+def gemm_rows(fn, itype, a, ta, b, tb, c, pieces):
+    """c (M, N) = op(a) op(b), the rows of c in `pieces` parts (one BLAS call each); a, b, c C-contiguous 2-D,
+    op(a) = a (ta NO_TRANS: a is (M, K)) or a^T (TRANS: a is (K, M)), op(b) likewise."""
+    m, n = c.shape
+    k = a.shape[1] if ta == blas.NO_TRANS else a.shape[0]
+    lda, ldb = a.shape[1], b.shape[1]
+    ft = c.dtype.type
+    for p in prange(pieces):
+        r0, r1 = p * m // pieces, (p + 1) * m // pieces
+        a0 = r0 * lda if ta == blas.NO_TRANS else r0                # op(a)'s rows r0: rows of a, or columns of a^T
+        blas.gemm(fn, itype, ta, tb, r1 - r0, n, k, ft(1), a.ctypes.data + a0 * a.itemsize, lda, b.ctypes.data, ldb,
+                  ft(0), c.ctypes.data + r0 * n * c.itemsize, n)
+
+
+def _pieces():
+    return max(1, numba.config.NUMBA_NUM_THREADS)
+
+
+def linear_forward(x, w, b=None, activation=None, residual=None):
+    """Twin of functional.linear_forward: x (N, I), W (D, I) -> y (N, D) = act(x W^T + b) + residual, saved."""
+    lib = blas.find()
+    x = np.ascontiguousarray(x)
+    n, d = x.shape[0], w.shape[0]
+    if lib is None:                                               # no BLAS to call from numba: NumPy's matmul
+        y = x @ w.T
+        return y, epilogue_forward(y, b, activation, residual)
+    y = np.empty((n, d), np.result_type(x, w))
+    pre = np.empty_like(y) if activation == "gelu" else None
+    res = None if residual is None else np.ascontiguousarray(residual)
+    with lib.single_threaded():
+        linear_fwd.parallel(lib.gemm_for(y.dtype), lib.int, x, np.ascontiguousarray(w), y, b, ACT[activation], res,
+                            pre, _pieces())
+    return y, (y if activation == "relu" else pre)
+
+
+def linear_backward(g, x, w, bias=True, saved=None, activation=None):
+    """Twin of functional.linear_backward: g (N, D) *= act'(.) in place when there is an activation; -> dx (N, I),
+    dW (D, I), db (D,) or None."""
+    lib = blas.find()
+    g = g if g.flags.c_contiguous else np.ascontiguousarray(g)
+    db = epilogue_backward(g, saved, activation, bias) if (bias or activation) else None
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    if lib is None:
+        return g @ w, g.T @ x, db
+    dx = np.empty((g.shape[0], w.shape[1]), g.dtype)
+    dw = np.empty(w.shape, g.dtype)
+    fn, pieces = lib.gemm_for(g.dtype), _pieces()
+    with lib.single_threaded():
+        gemm_rows.parallel(fn, lib.int, g, blas.NO_TRANS, w, blas.NO_TRANS, dx, pieces)   # dx = g W
+        gemm_rows.parallel(fn, lib.int, g, blas.TRANS, x, blas.NO_TRANS, dw, pieces)      # dW = g^T x
+    return dx, dw, db
+
+
 def epilogue_forward(y, b=None, activation=None, residual=None):
-    """Twin of functional.epilogue_forward: in place on the contiguous y (N, D); returns what the backward needs."""
+    """In place on the contiguous y (N, D): y = act(y + b) + residual; returns what the backward needs."""
     if activation == "relu":
         bias_relu_fwd.run(y.size, y, b)
         return y
@@ -139,7 +228,7 @@ def epilogue_forward(y, b=None, activation=None, residual=None):
 
 
 def epilogue_backward(g, saved, activation=None, bias=True):
-    """Twin of functional.epilogue_backward: in place on the contiguous g (N, D); returns db (D,) or None."""
+    """In place on the contiguous g (N, D): g *= act'(.); returns db (D,) (column sums of the result) or None."""
     n, d = g.shape
     parts = np.empty((max(1, -(-n // ROWS)), d), g.dtype) if bias else None
     if activation == "relu":
