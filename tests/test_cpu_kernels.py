@@ -380,3 +380,17 @@ def test_kernels_fall_back_to_the_user_cache_when_the_package_is_not_writable(tm
     first = int(_python(code, NUMBA_CACHE_DIR=str(tmp_path)).strip())
     assert first >= 5                     # embedding, LayerNorm, epilogues, attention, cross-entropy, AdamW index files
     assert int(_python(code, NUMBA_CACHE_DIR=str(tmp_path)).strip()) == first   # reused, nothing new written
+
+
+def test_without_a_callable_blas_the_kernels_fall_back(tmp_path):
+    """Where no cblas_?gemm is found among the loaded libraries (another BLAS, another OS), the linear layers use
+    NumPy's matmul with the elementwise kernels and the attention runs its twin: the same step as the twins'."""
+    code = ("import sys, numpy as np\nsys.path.insert(0, {tests!r})\n"
+            "from tinygrad_gpt.kernels.cpu import blas\nblas._found = False\n"
+            "from tinygrad_gpt import kernels\nimport test_cpu_kernels as T\n"
+            "assert kernels.launcher('attention_forward', 'cpu') is None\n"
+            "assert kernels.launcher('linear_forward', 'cpu') is not None\n"
+            "ours = T._gpt_step(np.float64)\nkernels.set_enabled(False, 'cpu')\ntwins = T._gpt_step(np.float64)\n"
+            "for a, b in zip(ours, twins):\n    T.close(a, b, 1e-12, 'fallback step')\nprint('ok')\n"
+            ).format(tests=str(ROOT / "tests"))
+    assert _python(code).strip() == "ok"
