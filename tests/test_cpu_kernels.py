@@ -22,7 +22,7 @@ from hypothesis import given, settings, strategies as st
 
 from helpers import rel_err
 from tinygrad_gpt import GPT, GPTConfig, Tensor, functional as F, kernels
-from tinygrad_gpt.kernels.cpu import attention as cpu_attention
+from tinygrad_gpt.kernels.cpu import tuning as cpu_tuning
 from tinygrad_gpt.optim import AdamW, adamw_update, grad_norm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,15 +234,15 @@ def test_attention(dtype, b, h, t, extra, hs, p, small_blocks, seed):
 def blocks_of(n):
     """The CPU attention in query blocks of n queries (None: the defaults, one block for the shapes here)."""
     names = ("QUERY_BLOCK", "QUERY_BLOCK_MIN")
-    saved = [getattr(cpu_attention, k) for k in names]
+    saved = [getattr(cpu_tuning, k) for k in names]
     if n is not None:
         for name, value in zip(names, (n, 1)):
-            setattr(cpu_attention, name, value)
+            setattr(cpu_tuning, name, value)
     try:
         yield
     finally:
         for name, value in zip(names, saved):
-            setattr(cpu_attention, name, value)
+            setattr(cpu_tuning, name, value)
 
 
 def test_attention_masked_entries_are_exactly_zero():
@@ -280,9 +280,9 @@ THREADS_RUN = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})
 import test_cpu_kernels as T
-from tinygrad_gpt.kernels.cpu import _jit, attention
-_jit.PARALLEL_WORK = 0                                   # every kernel launch in its parallel version
-attention.QUERY_BLOCK, attention.QUERY_BLOCK_MIN = 8, 1   # many query blocks
+from tinygrad_gpt.kernels.cpu import tuning
+tuning.PARALLEL_WORK = 0                                   # every kernel launch in its parallel version
+tuning.QUERY_BLOCK, tuning.QUERY_BLOCK_MIN = 8, 1   # many query blocks
 np.savez({out!r}, *T._gpt_step(np.float32, steps=2))
 """
 
@@ -297,7 +297,7 @@ def test_the_thread_count_changes_no_bits(tmp_path, parallel):
         out = tmp_path / f"step{n}.npz"
         code = THREADS_RUN.format(tests=str(ROOT / "tests"), out=str(out))
         if not parallel:
-            code = code.replace("_jit.PARALLEL_WORK = 0", "_jit.PARALLEL_WORK = 1 << 62")
+            code = code.replace("tuning.PARALLEL_WORK = 0", "tuning.PARALLEL_WORK = 1 << 62")
         _python(code, NUMBA_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, OMP_NUM_THREADS=n)
         data = np.load(out)
         results.append([data[k] for k in sorted(data.files, key=lambda k: int(k.split("_")[1]))])

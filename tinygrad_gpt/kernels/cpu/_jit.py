@@ -4,7 +4,7 @@ compiled twice by numba, serial and parallel, both cached on disk.
 Why two: numba's parallel loops run on its pool of OpenMP threads, which does all of a step's work (the matrix
 products too: kernels/cpu/blas.py). Between kernels its idle threads spin for a while, so handing work to them costs a
 few microseconds; still, a kernel over a few thousand elements is faster on the calling thread. Launchers call
-`kernel.run(work, *args)`: the parallel version when `work` (elements touched) reaches PARALLEL_WORK, the serial one
+`kernel.run(work, *args)`: the parallel version when `work` (elements touched) reaches tuning.PARALLEL_WORK, the serial one
 otherwise. The choice depends on the size only, never on the thread count, and every kernel splits its work into
 pieces that do not depend on the thread count and combines partial results in a fixed order: so the bits of a result
 do not depend on how many threads numba has (NUMBA_NUM_THREADS, the cores by default). (The two compilations may
@@ -24,8 +24,9 @@ import types
 
 import numba
 
+from . import tuning
+
 FASTMATH = {"reassoc", "contract"}
-PARALLEL_WORK = 1 << 14        # elements a launch touches before its parallel version pays (docs/cpu-performance.md)
 
 
 class Kernel:
@@ -44,7 +45,7 @@ class Kernel:
 
     def run(self, work, *args):
         """Call the parallel version when `work` elements are enough to pay for the thread hand-off."""
-        if work >= PARALLEL_WORK:
+        if work >= tuning.PARALLEL_WORK:
             return self.parallel(*args)
         return self.serial(*args)
 

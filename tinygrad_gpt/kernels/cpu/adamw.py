@@ -7,8 +7,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
+from .tuning import ADAMW_PIECE as PIECE
 
-PIECE = 1 << 14      # elements per piece of the norm's partial sums: fixed, so the norm does not depend on threads
 
 
 @kernel(exact=True)

@@ -7,9 +7,9 @@ module's own (the blocks of P kept for the backward); a backward takes the cache
 Each head's queries are processed in blocks (planned by `blocks()`, the same for every head):
 - A block of queries i0:i1 computes only the keys it can see (0 : Tk - t + i1), which skips much of the masked half.
 - Scores are laid out transposed, S^T = K Q^T (keys down, queries across), with (Q / sqrt(hs))^T written out
-  contiguous: OpenBLAS's small-matrix kernels (products with M*N*K <= SMALL_GEMM, unpacked) run K @ Q^T about twice
-  as fast with a contiguous Q^T as with a transposed view, and the query block shrinks (to QUERY_BLOCK_MIN at least)
-  so that the block seeing every key stays under that size.
+  contiguous: OpenBLAS's small-matrix kernels (products with M*N*K <= tuning.SMALL_GEMM, unpacked) run K @ Q^T
+  about twice as fast with a contiguous Q^T as with a transposed view, and the query block shrinks (to
+  tuning.QUERY_BLOCK_MIN) so that the block seeing every key stays under that size.
 - The block of the last queries (which sees every key) comes first: the backward writes dK and dV there and adds
   the other blocks' parts.
 Every (batch row, head) pair writes only its own outputs, so the thread count changes no bits.
@@ -22,13 +22,10 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import blas
+from . import blas, tuning
 from ._math import exp
 from ._jit import kernel
 
-QUERY_BLOCK = 64
-QUERY_BLOCK_MIN = 32
-SMALL_GEMM = 1_000_000
 
 
 def available():
@@ -38,7 +35,7 @@ def available():
 def blocks(t, tk, hs):
     """int64 (blocks, 4): rows (i0, i1, kn, offset): queries i0:i1 see keys 0:kn, and their P^T block (kn x n) starts
     `offset` elements into a head's storage; the last queries first. Also the storage per head (elements)."""
-    qb = min(t, QUERY_BLOCK, max(QUERY_BLOCK_MIN, SMALL_GEMM // max(1, tk * hs)))
+    qb = min(t, tuning.QUERY_BLOCK, max(tuning.QUERY_BLOCK_MIN, tuning.SMALL_GEMM // max(1, tk * hs)))
     rows, offset = [], 0
     for i1 in range(t, 0, -qb):
         i0 = max(0, i1 - qb)

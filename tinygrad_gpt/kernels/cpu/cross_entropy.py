@@ -7,9 +7,9 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
+from .tuning import ROWS
 from ._math import exp
 
-ROWS = 64            # rows per piece of the mean loss: fixed, so the loss does not depend on the thread count
 
 
 @kernel

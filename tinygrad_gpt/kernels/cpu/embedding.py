@@ -7,8 +7,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
+from .tuning import EMBED_COLS as COLS
 
-COLS = 32            # channels per piece of the token table's backward (each piece scans every position once)
 
 
 @kernel

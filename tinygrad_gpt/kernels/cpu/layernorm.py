@@ -9,8 +9,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
+from .tuning import ROWS
 
-ROWS = 64          # rows per piece of the backward's column sums (dw, db): fixed, so results do not depend on threads
 
 
 @kernel

@@ -17,8 +17,8 @@ from numba import prange
 from . import blas
 from ._jit import kernel
 from ._math import tanh
+from .tuning import ROWS
 
-ROWS = 64            # rows per piece of the column sums: fixed, so results do not depend on the thread count
 _GELU_K = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
 ACT = {None: 0, "relu": 1, "gelu": 2}
