@@ -115,15 +115,16 @@ _allocator_tuned = False
 
 
 def tune_host_allocator():
-    """Make glibc keep freed large blocks for reuse instead of unmapping them (mallopt: no mmap threshold, no trim).
+    """Make glibc keep freed large blocks for reuse instead of unmapping them (mallopt: no mmap threshold below
+    1 GiB, no trim).
 
     A training step allocates and frees the same large temporaries every step; by default glibc serves each one with a
-    fresh mmap, and the kernel then zero-fills every page on first touch. Measured on the lecture config (B=64, T=256,
-    C=384): 14.6 s per step without, 8.7 s with. The trim threshold is a size_t inside glibc, and mallopt's int -1
-    becomes SIZE_MAX: "never trim". The largest positive int (2 GiB) was not enough: the lecture step peaks above it, so
-    the heap was trimmed after every backward and 60,000 page faults per step came back (10.1 s -> 7.7 s). The cost: freed memory stays with the process (its resident size
-    stays at the step's peak). Process-wide, so it is an application's choice: the trainer and the benchmarks call it;
-    a library user may. No effect off Linux/glibc. Returns True when applied."""
+    fresh mmap, and the kernel then zero-fills every page on first touch (docs/cpu-performance.md has the numbers).
+    The trim threshold is a size_t inside glibc, and mallopt's int -1 becomes SIZE_MAX, "never trim": the largest
+    positive int (2 GiB) is below a `lecture` step's peak, so the heap would still be trimmed after each backward. The
+    cost: freed memory stays with the process (its resident size stays at the step's peak). Process-wide: the CPU
+    kernels call it once on first use (kernels/cpu/setup.py; TINYGRAD_GPT_TUNE=0 turns that off). No effect off
+    Linux/glibc. Returns True when applied."""
     global _allocator_tuned
     if _allocator_tuned:
         return True
