@@ -25,6 +25,8 @@ cancellation factor sum|terms| / |result|. The worst seen over the 300-example d
 summed over a broadcast axis: terms of +-12.6 adding up to 0.045); the conftest summary prints the worst of each run.
 TOL = 1e-10, the issue's bound, sits 100x above that, while a wrong formula is off by O(1).
 """
+import contextlib
+
 import numpy as np
 import torch
 
@@ -170,3 +172,19 @@ def error_summary():
         f, g = MAX_ERRORS[op]
         lines.append(f"{op:<{width}}  {f:19.3g}  {g:16.3g}")
     return lines
+
+
+@contextlib.contextmanager
+def query_blocks(n):
+    """The CPU attention kernel in query blocks of n queries (kernels/cpu/tuning.py; None: the defaults)."""
+    from tinygrad_gpt.kernels.cpu import tuning
+    names = ("QUERY_BLOCK", "QUERY_BLOCK_MIN")
+    saved = [getattr(tuning, k) for k in names]
+    if n is not None:
+        for name, value in zip(names, (n, 1)):
+            setattr(tuning, name, value)
+    try:
+        yield
+    finally:
+        for name, value in zip(names, saved):
+            setattr(tuning, name, value)

@@ -10,7 +10,6 @@ reductions behind the output (C for LayerNorm's rows, N rows for column sums, V 
 attention). u = 6.0e-8 in float32, 1.1e-16 in float64. What involves no reduction is checked exactly (bias, ReLU,
 residual, dropout, the embedding gather, AdamW: the kernel repeats the twin's float operations one by one).
 """
-import contextlib
 import os
 import subprocess
 import sys
@@ -20,9 +19,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from helpers import rel_err
+from helpers import query_blocks, rel_err
 from tinygrad_gpt import GPT, GPTConfig, Tensor, functional as F, kernels
-from tinygrad_gpt.kernels.cpu import tuning as cpu_tuning
 from tinygrad_gpt.optim import AdamW, adamw_update, grad_norm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +216,7 @@ def test_attention(dtype, b, h, t, extra, hs, p, small_blocks, seed):
     size u times the terms dS K is summed from: so the relative measure divides by at least the size of those terms,
     hs max|dY| max|V| max(|Q|, |K|)."""
     q, k, v, dy, keep = _attention_inputs(dtype, b, h, t, t + extra, hs, p, seed)
-    with blocks_of(8 if small_blocks else None):
+    with query_blocks(8 if small_blocks else None):
         y, cache = F.attention_forward(q, k, v, keep, p)
         grads = F.attention_backward(dy, cache)
     y0, cache0 = F.attention_forward.reference(q, k, v, keep, p)
@@ -230,24 +228,9 @@ def test_attention(dtype, b, h, t, extra, hs, p, small_blocks, seed):
         close(a, a0, bound, name, floor=terms)
 
 
-@contextlib.contextmanager
-def blocks_of(n):
-    """The CPU attention in query blocks of n queries (None: the defaults, one block for the shapes here)."""
-    names = ("QUERY_BLOCK", "QUERY_BLOCK_MIN")
-    saved = [getattr(cpu_tuning, k) for k in names]
-    if n is not None:
-        for name, value in zip(names, (n, 1)):
-            setattr(cpu_tuning, name, value)
-    try:
-        yield
-    finally:
-        for name, value in zip(names, saved):
-            setattr(cpu_tuning, name, value)
-
-
 def test_attention_masked_entries_are_exactly_zero():
     q, k, v, dy, _ = _attention_inputs(np.float32, 2, 2, 20, 20, 4, 0.0, 1)
-    with blocks_of(8):
+    with query_blocks(8):
         _, cache = F.attention_forward(q, k, v)
     blk, pbuf = cache[7], cache[8]
     assert len(blk) == 3                                            # queries 12:20, 4:12, 0:4
@@ -315,7 +298,7 @@ def test_model_step_with_kernels_matches_the_twins(small_blocks):
     """The loss and every gradient of a float64 step with dropout: kernels on (one attention block, or many small
     ones) and off (the NumPy twins) agree to float64 rounding: the reductions' orders differ (~1e-15 relative);
     1e-12 leaves room for the model's depth, while a wrong formula is off by O(1)."""
-    with blocks_of(8 if small_blocks else None):
+    with query_blocks(8 if small_blocks else None):
         ours = _gpt_step(np.float64)
     kernels.set_enabled(False, "cpu")
     try:

@@ -33,7 +33,6 @@ from model_helpers import (TOL64_FWD, TOL64_GRAD, U32, U64, f32_tol, gpt_depth, 
                            red_linear, red_mlp, torch_dtype)
 from strategies import gpt_configs
 from tinygrad_gpt import Tensor, functional as F, kernels
-from tinygrad_gpt.kernels.cpu import tuning as cpu_tuning
 from tinygrad_gpt.nn import LayerNorm, Linear
 
 DTYPES = [np.float64, np.float32]
@@ -146,18 +145,14 @@ def score_blocks(n):
     """Run the CPU attention kernel in query blocks of n queries (None: the default, one block for these small
     shapes), or (n = "twin") the NumPy twin with the kernels off, so the one-block kernel, the many-block one and the
     twin all meet the oracle."""
-    names = ("QUERY_BLOCK", "QUERY_BLOCK_MIN")
-    saved = [getattr(cpu_tuning, k) for k in names]
-    if n == "twin":
-        kernels.set_enabled(False, "cpu")
-    elif n is not None:
-        for k, value in zip(names, (n, 1)):
-            setattr(cpu_tuning, k, value)
+    if n != "twin":
+        with helpers.query_blocks(n):
+            yield
+        return
+    kernels.set_enabled(False, "cpu")
     try:
         yield
     finally:
-        for k, value in zip(names, saved):
-            setattr(cpu_tuning, k, value)
         kernels.set_enabled(None, "cpu")
 
 
