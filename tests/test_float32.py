@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tinygrad_gpt import GPT, AdamW, GPTConfig
-from tinygrad_gpt.tensor import Tensor
+from tinygrad_gpt.tensor import Tensor, no_grad
 
 
 @pytest.fixture
@@ -46,7 +46,8 @@ def test_training_step_stays_float32(dtype_log, activation):
 def test_generation_stays_float32():
     cfg = GPTConfig(vocab_size=11, block_size=8, n_embd=16, n_head=4, n_layer=2)
     model = GPT(cfg, seed=0)
-    cache = model._new_cache(1)
-    logits = model._decode(np.zeros((1, 3), np.int64), cache, 0)
+    cache = model.new_cache(1)
+    with no_grad():
+        logits, _ = model(np.zeros((1, 3), np.int64), cache=cache)
     assert logits.dtype == np.float32
-    assert all(k.dtype == np.float32 for kv in cache for k in kv)
+    assert all(a.dtype == np.float32 for layer in cache for a in (layer.k, layer.v))

@@ -15,9 +15,9 @@ from helpers import assert_errors, compare
 from model_helpers import (TOL64_FWD, TOL64_GRAD, RecordingMasks, ReplayMasks, f32_tol, gpt_depth, make_pair,
                            named_params, randomize_params, red_gpt)
 from strategies import gpt_configs
-from tinygrad_gpt import GPT, GPTConfig, Tensor, functional as F
-from tinygrad_gpt.model import count_parameters
-from tinygrad_gpt.nn import Dropout
+from tinygrad_gpt import GPT, GPTConfig, Tensor, functional as F, no_grad
+from tinygrad_gpt.model import count_parameters, parameter_shapes
+from tinygrad_gpt.nn import Dropout, ShapeOnly
 
 SMALL = dict(vocab_size=65, block_size=32, n_embd=64, n_head=4, n_layer=4)      # lecture, first model
 LARGE = dict(vocab_size=65, block_size=256, n_embd=384, n_head=6, n_layer=6)    # lecture, final model
@@ -227,9 +227,57 @@ def test_state_dict_names_and_shapes_equal_the_reference(dims, bias):
     assert {k: v.shape for k, v in sd.items()} == {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     assert all(v.dtype == np.float32 for v in sd.values())                 # SPEC 4: float32 host arrays
     assert count_parameters(ours.config) == sum(v.size for v in sd.values())
+    shapes = parameter_shapes(ours.config)
+    assert list(shapes) == list(sd) and all(shapes[k] == v.shape for k, v in sd.items())   # names, order, shapes
+
+
+def test_a_shape_only_model_allocates_and_draws_nothing():
+    """The layout of the lecture's 10.8M-parameter model without its 43 MB of float32 or 10.8M normal draws: every
+    placeholder is a read-only broadcast of one zero, and the initialising generator is never asked for a value."""
+    class NoDraws(ShapeOnly):
+        rng = property(lambda self: pytest.fail("a shape-only model drew from a generator"),
+                       lambda self, value: None)
+    model = GPT(GPTConfig(**LARGE), init=NoDraws())
+    params = model.parameters()
+    assert sum(p.size for p in params) == 10_788_929
+    assert all(p.data.strides == (0,) * p.ndim and not p.data.flags.writeable for p in params)
+    assert sum(p.data.base.nbytes if p.data.base is not None else p.data.nbytes for p in params) <= 4 * len(params)
 
 
 # ---- generation ---------------------------------------------------------------------------------------------------
+
+@given(cfg=configs(), seed=st.integers(0, 2 ** 16), data=st.data())
+def test_forward_with_the_cache_in_chunks_equals_the_whole_forward(cfg, seed, data):
+    """The blocks with a key/value cache: feeding a sequence in chunks of any sizes gives the logits of one forward
+    pass over all of it (float64; the products are split differently, so BLAS may sum in another order: 1e-13
+    relative is ~500 u), and the cache then holds every position."""
+    model = randomize_params(GPT(GPTConfig(**cfg), seed=seed, dtype=np.float64), seed)
+    T = cfg["block_size"]
+    idx = np.random.default_rng(seed).integers(0, cfg["vocab_size"], (2, T))
+    full = model(idx)[0].numpy()
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, T - 1), max_size=4)))) if T > 1 else []
+    cache = model.new_cache(2)
+    with no_grad():
+        parts = [model(idx[:, a:b], cache=cache)[0].numpy() for a, b in zip([0] + cuts, cuts + [T])]
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=0, atol=1e-13 * np.abs(full).max())
+    assert all(layer.pos == T for layer in cache)
+
+
+def test_the_cache_is_for_generation_only():
+    model = GPT(GPTConfig(**MEDIUM, dropout=0.1), seed=0)
+    idx = np.zeros((1, 4), np.int64)
+    with pytest.raises(RuntimeError, match="under no_grad"):
+        model.eval()(idx, cache=model.new_cache(1))
+    with no_grad(), pytest.raises(RuntimeError, match="eval mode"):
+        model.train()(idx, cache=model.new_cache(1))
+    model.eval()
+    cache = model.new_cache(1)
+    with no_grad():
+        model(np.zeros((1, MEDIUM["block_size"] - 1), np.int64), cache=cache)
+        with pytest.raises(ValueError, match="sequence length 2 after 15 cached positions exceeds block_size 16"):
+            model(np.zeros((1, 2), np.int64), cache=cache)
+        with pytest.raises(ValueError, match="a cache of 1 layers for a model of 2 blocks"):
+            model(idx, cache=cache[:1])
 
 def gen_pair(cfg, seed):
     """float64 engines (ties between logits are then not a rounding question) with O(1) random weights, so the

@@ -1,5 +1,9 @@
 """The char-level GPT of "Let's build GPT" (SPEC sections 1-2), and its generation with a key/value cache.
 
+The modules below are the one description of the model: training runs them, generation runs the same blocks with a
+key/value cache argument, and the parameter layout (names, shapes, counts; what a checkpoint is checked against) is
+read from a GPT built with shape-only placeholders (parameter_shapes, count_parameters), never restated.
+
 Dimension names: B batch, t sequence length (<= T = block_size), C = n_embd, H = n_head, hs = C // H, V vocab.
 """
 import dataclasses
@@ -8,7 +12,7 @@ import numpy as np
 
 from . import functional as F
 from .backend import device_of, get_device, to_host
-from .nn import Dropout, Embedding, LayerNorm, Linear, Module
+from .nn import Dropout, Embedding, Init, LayerNorm, Linear, Module, ShapeOnly
 from .tensor import Tensor, no_grad
 
 
@@ -31,42 +35,85 @@ class GPTConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= float(self.dropout) < 1.0:
+        if not isinstance(self.dropout, (int, float, np.floating)) or isinstance(self.dropout, bool):
+            raise ValueError(f"dropout must be a number, got {self.dropout!r}")
+        if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.bias, (bool, np.bool_)):
+            raise ValueError(f"bias must be True or False, got {self.bias!r}")
         if self.activation not in ("relu", "gelu"):
             raise ValueError(f"activation must be 'relu' or 'gelu', got {self.activation!r}")
         return self
 
 
+class KVCache:
+    """The keys and values one attention layer has computed, for later queries to attend to: k, v (B, H, T, hs),
+    positions 0:pos filled. GPT.new_cache makes one per block."""
+
+    def __init__(self, k, v):
+        self.k, self.v, self.pos = k, v, 0
+
+    def extend(self, k, v):
+        """Store the keys and values (B, H, n, hs) of the next n positions; returns those of every position so far,
+        (B, H, pos + n, hs) views of the cache."""
+        p, n = self.pos, k.shape[2]
+        self.k[:, :, p:p + n] = k
+        self.v[:, :, p:p + n] = v
+        self.pos = p + n
+        return self.k[:, :, :p + n], self.v[:, :, :p + n]
+
+
 class CausalSelfAttention(Module):
-    def __init__(self, cfg, rng, dtype, device):
+    def __init__(self, cfg, init):
         c = cfg.n_embd
         self.n_head = cfg.n_head
-        self.qkv = Linear(c, 3 * c, bias=False, rng=rng, dtype=dtype, device=device)  # W_qkv (3C, C)
-        self.proj = Linear(c, c, bias=cfg.bias, rng=rng, dtype=dtype, device=device)
+        self.qkv = Linear(c, 3 * c, bias=False, init=init)        # W_qkv (3C, C)
+        self.proj = Linear(c, c, bias=cfg.bias, init=init)
         self.attn_drop = Dropout(cfg.dropout)
         self.resid_drop = Dropout(cfg.dropout)
 
-    def __call__(self, x, residual=None):                          # x (B, t, C)
+    def __call__(self, x, residual=None, cache=None):              # x (B, t, C)
         """The attention sublayer; with `residual`, returns residual + its output (in the output projection's pass
-        when there is no residual dropout)."""
+        when there is no residual dropout). With `cache` (a KVCache; generation, under no_grad) the t positions of x
+        come after the cache's: they attend to its keys and values as well, and add theirs to it."""
         qkv = self.qkv(x)                                          # (B, t, 3C)
-        keep = None
-        if self.attn_drop.active():
-            b, t, _ = x.shape
-            keep = self.attn_drop.mask((b, self.n_head, t, t), x.xp)   # (B, H, t, t)
-        y = F.self_attention(qkv, self.n_head, keep, self.attn_drop.p)  # (B, t, C)
+        if cache is not None:
+            y = self._attend_cached(qkv, cache)                    # (B, t, C)
+        else:
+            keep = None
+            if self.attn_drop.active():
+                b, t, _ = x.shape
+                keep = self.attn_drop.mask((b, self.n_head, t, t), x.xp)   # (B, H, t, t)
+            y = F.self_attention(qkv, self.n_head, keep, self.attn_drop.p)  # (B, t, C)
         if residual is not None and not self.resid_drop.active():
             return F.linear(y, self.proj.weight, self.proj.bias, residual=residual)
         out = self.resid_drop(self.proj(y))
         return out if residual is None else residual + out
 
+    def _attend_cached(self, qkv, cache):
+        """The attention core for new positions against the cached ones and themselves, graph-free: the new queries
+        (the last t positions) over every key so far, which is the causal mask attention_forward applies."""
+        if qkv.requires_grad:
+            raise RuntimeError("the key/value cache is for generation: run the model under no_grad()")
+        if self.attn_drop.active():
+            raise RuntimeError("the key/value cache is for generation: put the model in eval mode (model.eval())")
+        q, k, v = F.split_heads(qkv.data, self.n_head)             # (B, H, t, hs) views
+        k, v = cache.extend(k, v)                                  # (B, H, pos + t, hs)
+        y, _ = F.attention_forward(qkv.xp.ascontiguousarray(q), k, v)   # (B, H, t, hs)
+        return Tensor._make(F.merge_heads(y), (qkv,), None, "cached_attention")   # (B, t, C), no graph
+
+    def new_cache(self, batch, length):
+        """An empty KVCache for `batch` sequences of up to `length` positions, in this layer's dtype and device."""
+        w = self.qkv.weight                                        # (3C, C)
+        shape = (batch, self.n_head, length, w.shape[1] // self.n_head)   # (B, H, T, hs)
+        return KVCache(w.xp.zeros(shape, w.dtype), w.xp.zeros(shape, w.dtype))
+
 
 class MLP(Module):
-    def __init__(self, cfg, rng, dtype, device):
+    def __init__(self, cfg, init):
         c = cfg.n_embd
-        self.fc = Linear(c, 4 * c, bias=cfg.bias, rng=rng, dtype=dtype, device=device)
-        self.proj = Linear(4 * c, c, bias=cfg.bias, rng=rng, dtype=dtype, device=device)
+        self.fc = Linear(c, 4 * c, bias=cfg.bias, init=init)
+        self.proj = Linear(4 * c, c, bias=cfg.bias, init=init)
         self.activation = cfg.activation
         self.drop = Dropout(cfg.dropout)
 
@@ -81,29 +128,30 @@ class MLP(Module):
 
 
 class Block(Module):
-    def __init__(self, cfg, rng, dtype, device):
-        self.ln1 = LayerNorm(cfg.n_embd, bias=cfg.bias, dtype=dtype, device=device)
-        self.attn = CausalSelfAttention(cfg, rng, dtype, device)
-        self.ln2 = LayerNorm(cfg.n_embd, bias=cfg.bias, dtype=dtype, device=device)
-        self.mlp = MLP(cfg, rng, dtype, device)
+    def __init__(self, cfg, init):
+        self.ln1 = LayerNorm(cfg.n_embd, bias=cfg.bias, init=init)
+        self.attn = CausalSelfAttention(cfg, init)
+        self.ln2 = LayerNorm(cfg.n_embd, bias=cfg.bias, init=init)
+        self.mlp = MLP(cfg, init)
 
-    def __call__(self, x):
-        x = self.attn(self.ln1(x), residual=x)                     # x + attn(ln1(x))
+    def __call__(self, x, cache=None):
+        x = self.attn(self.ln1(x), residual=x, cache=cache)        # x + attn(ln1(x))
         return self.mlp(self.ln2(x), residual=x)                   # x + mlp(ln2(x))
 
 
 class GPT(Module):
-    def __init__(self, cfg, seed=0, device="cpu", dtype=np.float32):
+    def __init__(self, cfg, seed=0, device="cpu", dtype=np.float32, init=None):
+        """init: where the parameters come from (nn.Init); None: drawn from default_rng(seed) on the host in
+        `dtype`, then moved to `device`. nn.ShapeOnly() builds the layout alone (see parameter_shapes)."""
         cfg.validate()
         self.config = cfg
-        device = get_device(device)
-        init = np.random.default_rng(seed)                         # weights are drawn on the host, then moved
+        init = init or Init(np.random.default_rng(seed), dtype, get_device(device))
         c = cfg.n_embd
-        self.tok_emb = Embedding(cfg.vocab_size, c, rng=init, dtype=dtype, device=device)
-        self.pos_emb = Embedding(cfg.block_size, c, rng=init, dtype=dtype, device=device)
-        self.blocks = [Block(cfg, init, dtype, device) for _ in range(cfg.n_layer)]
-        self.ln_f = LayerNorm(c, bias=cfg.bias, dtype=dtype, device=device)
-        self.lm_head = Linear(c, cfg.vocab_size, bias=cfg.bias, rng=init, dtype=dtype, device=device)
+        self.tok_emb = Embedding(cfg.vocab_size, c, init=init)
+        self.pos_emb = Embedding(cfg.block_size, c, init=init)
+        self.blocks = [Block(cfg, init) for _ in range(cfg.n_layer)]
+        self.ln_f = LayerNorm(c, bias=cfg.bias, init=init)
+        self.lm_head = Linear(c, cfg.vocab_size, bias=cfg.bias, init=init)
         # dropout masks come from this generator, seeded from the model seed (its state goes into checkpoints)
         self.rng = np.random.default_rng([seed, 1])
         self._device_rng = None                                    # on cuda: a CuPy generator, seeded from self.rng
@@ -135,28 +183,42 @@ class GPT(Module):
         for d in self.dropouts():
             d.source = fn
 
-    def _check_idx(self, idx):
+    def _check_idx(self, idx, pos0=0):
+        """idx (B, t) as an integer array on the model's device, for positions pos0 .. pos0 + t - 1."""
         data = idx.data if isinstance(idx, Tensor) else idx
         if self.device.xp is not np and device_of(data) == self.device:
             # already on the GPU (batches built there): shape and dtype are checked, the id range is not, as that
             # would read the batch back to the host (a synchronisation in every training step)
-            if data.ndim != 2 or data.dtype.kind not in "iu" or data.shape[1] > self.config.block_size:
-                self._check_idx(np.zeros(data.shape, data.dtype))  # raises the error the host check gives
+            if data.ndim != 2 or data.dtype.kind not in "iu" or pos0 + data.shape[1] > self.config.block_size:
+                self._check_idx(np.zeros(data.shape, data.dtype), pos0)   # raises the error the host check gives
             return data
         idx = np.asarray(to_host(data))
         if idx.ndim != 2 or idx.dtype.kind not in "iu":
             raise ValueError(f"idx must be an integer array of shape (B, t), got {idx.dtype} {idx.shape}")
-        if idx.shape[1] > self.config.block_size:
-            raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size {self.config.block_size}")
+        if pos0 + idx.shape[1] > self.config.block_size:
+            after = f" after {pos0} cached positions" if pos0 else ""
+            raise ValueError(f"sequence length {idx.shape[1]}{after} exceeds block_size {self.config.block_size}")
         if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got [{idx.min()}, {idx.max()}]")
         return self.device.xp.asarray(idx)
 
-    def __call__(self, idx, targets=None):
-        idx = self._check_idx(idx)                                 # (B, t)
-        x = F.embedding(idx, self.tok_emb.weight, self.pos_emb.weight)   # (B, t, C)
-        for blk in self.blocks:
-            x = blk(x)
+    def __call__(self, idx, targets=None, cache=None):
+        """Logits (B, t, V) of tokens idx (B, t), and the mean cross-entropy against targets (B, t) if given.
+        cache: from new_cache (generation, under no_grad): idx are the positions after those already in the cache,
+        which every block attends to as well and extends with the new keys and values."""
+        if cache is None:
+            idx = self._check_idx(idx)                             # (B, t)
+            x = F.embedding(idx, self.tok_emb.weight, self.pos_emb.weight)   # (B, t, C)
+            caches = [None] * len(self.blocks)
+        else:
+            if len(cache) != len(self.blocks):
+                raise ValueError(f"a cache of {len(cache)} layers for a model of {len(self.blocks)} blocks")
+            pos0 = cache[0].pos
+            idx = self._check_idx(idx, pos0)                       # (B, t) at positions pos0 .. pos0 + t - 1
+            x = self.tok_emb(idx) + self.pos_emb.weight[pos0:pos0 + idx.shape[1]]   # (B, t, C)
+            caches = cache
+        for blk, layer_cache in zip(self.blocks, caches):
+            x = blk(x, cache=layer_cache)
         logits = self.lm_head(self.ln_f(x))                        # (B, t, V)
         if targets is None:
             return logits, None
@@ -164,29 +226,9 @@ class GPT(Module):
         return logits, F.cross_entropy(logits, targets)
 
     # ---- generation ----------------------------------------------------------------------------------------------
-    def _decode(self, idx, cache, pos0):
-        """Graph-free forward of new tokens idx (B, n) at absolute positions pos0.. given the cached keys and values
-        of positions < pos0 (cache: per block [k, v] arrays (B, H, T, hs), filled up to pos0). Returns the logits of
-        the last position (B, V) and fills the cache up to pos0 + n."""
-        xp, n = self.device.xp, idx.shape[1]
-        x = F.embed_forward(idx, self.tok_emb.weight.data, self.pos_emb.weight.data, pos0)   # (B, n, C)
-        for blk, (kc, vc) in zip(self.blocks, cache):
-            a = blk.attn
-            h, _ = F.layer_norm_forward(x, blk.ln1.weight.data, _data(blk.ln1.bias), blk.ln1.eps)
-            q, k, v = F.split_heads(h @ a.qkv.weight.data.T, a.n_head)     # (B, H, n, hs) each
-            kc[:, :, pos0:pos0 + n] = k
-            vc[:, :, pos0:pos0 + n] = v
-            y, _ = F.attention_forward(xp.ascontiguousarray(q), kc[:, :, :pos0 + n], vc[:, :, :pos0 + n])
-            y = F.merge_heads(y) @ a.proj.weight.data.T                   # (B, n, C)
-            if a.proj.bias is not None:
-                y += a.proj.bias.data
-            x = x + y
-            h, _ = F.layer_norm_forward(x, blk.ln2.weight.data, _data(blk.ln2.bias), blk.ln2.eps)
-            h = h @ blk.mlp.fc.weight.data.T + _zero_if_none(blk.mlp.fc.bias)  # (B, n, 4C)
-            h = xp.maximum(h, 0) if blk.mlp.activation == "relu" else Tensor(h).gelu().data
-            x = x + h @ blk.mlp.proj.weight.data.T + _zero_if_none(blk.mlp.proj.bias)
-        x, _ = F.layer_norm_forward(x[:, -1], self.ln_f.weight.data, _data(self.ln_f.bias), self.ln_f.eps)
-        return x @ self.lm_head.weight.data.T + _zero_if_none(self.lm_head.bias)   # (B, V)
+    def new_cache(self, batch):
+        """An empty key/value cache for `batch` sequences: one KVCache of block_size positions per block."""
+        return [blk.attn.new_cache(batch, self.config.block_size) for blk in self.blocks]
 
     def generate_iter(self, idx, max_new_tokens, temperature=1.0, top_k=None, seed=None, use_cache=True,
                       window="slide"):
@@ -208,29 +250,26 @@ class GPT(Module):
         was_training = self.training
         self.eval()
         rng = np.random.default_rng(seed)
-        xp = self.device.xp
         tokens = np.asarray(to_host(idx), dtype=np.int64)
         if tokens.ndim != 2 or tokens.shape[1] == 0:
             raise ValueError(f"generate needs a (B, t) context with t >= 1, got shape {tokens.shape}")
         self._check_idx(tokens[:, -cfg.block_size:])
         keep = cfg.block_size if window == "slide" else max(1, cfg.block_size - max(1, cfg.block_size // 4))
         ctx = tokens[:, -cfg.block_size:]                          # (B, n): what the model attends to now
-        cache, filled = None, 0
+        cache = None
         try:
             with no_grad():
                 for _ in range(max_new_tokens):
                     if ctx.shape[1] > cfg.block_size:              # window full: keep the most recent tokens
                         ctx = ctx[:, -keep:]
-                        cache, filled = None, 0
+                        cache = None                               # positions changed: the cache starts over
                     if use_cache:
                         if cache is None:
-                            cache = self._new_cache(ctx.shape[0])
-                        logits = self._decode(xp.asarray(ctx[:, filled:]), cache, filled)   # (B, V)
-                        filled = ctx.shape[1]
+                            cache = self.new_cache(ctx.shape[0])
+                        logits, _ = self(ctx[:, cache[0].pos:], cache=cache)   # the tokens not yet cached
                     else:
-                        logits, _ = self(ctx)
-                        logits = logits.data[:, -1]                # (B, V)
-                    nxt = sample_next(to_host(logits), temperature, top_k, rng)   # (B,)
+                        logits, _ = self(ctx)                      # (B, n, V)
+                    nxt = sample_next(to_host(logits.data[:, -1]), temperature, top_k, rng)   # (B,)
                     ctx = np.concatenate([ctx, nxt[:, None]], axis=1)
                     yield nxt
         finally:
@@ -244,13 +283,6 @@ class GPT(Module):
         if not new:
             return idx
         return np.concatenate([idx, np.stack(new, axis=1)], axis=1)
-
-    def _new_cache(self, batch):
-        cfg, xp = self.config, self.device.xp
-        hs = cfg.n_embd // cfg.n_head
-        shape = (batch, cfg.n_head, cfg.block_size, hs)            # (B, H, T, hs)
-        dtype = self.tok_emb.weight.dtype
-        return [(xp.zeros(shape, dtype), xp.zeros(shape, dtype)) for _ in self.blocks]
 
 
 def sample_next(logits, temperature, top_k, rng):
@@ -269,18 +301,12 @@ def sample_next(logits, temperature, top_k, rng):
     return np.minimum((cdf <= u).sum(axis=-1), z.shape[-1] - 1).astype(np.int64)
 
 
-def _data(t):
-    return None if t is None else t.data
-
-
-def _zero_if_none(t):
-    return 0.0 if t is None else t.data
+def parameter_shapes(cfg):
+    """{name: shape} of every parameter of a GPT with this config, in the model's order, read from a GPT built with
+    shape-only placeholders (nn.ShapeOnly: no weights allocated, none drawn)."""
+    return {name: p.shape for name, p in GPT(cfg, init=ShapeOnly()).named_parameters()}
 
 
 def count_parameters(cfg):
-    """The parameter count of a GPT with this config, without building it."""
-    c, v, t, l = cfg.n_embd, cfg.vocab_size, cfg.block_size, cfg.n_layer
-    b = 1 if cfg.bias else 0
-    per_block = 2 * (c + b * c) + 3 * c * c + c * c + b * c + 4 * c * c + b * 4 * c + 4 * c * c + b * c
-    return v * c + t * c + l * per_block + (c + b * c) + v * c + b * v
-
+    """The parameter count of a GPT with this config, without allocating one (see parameter_shapes)."""
+    return GPT(cfg, init=ShapeOnly()).num_parameters()

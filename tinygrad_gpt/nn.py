@@ -89,20 +89,51 @@ def parameter(array, device):
     return Tensor(array, requires_grad=True, device=device)
 
 
+class Init:
+    """Where a layer's parameters come from: weights drawn from N(0, std) by `rng` (None: a fresh default_rng(0)),
+    constants filled, as `dtype` arrays on `device`. A model hands one Init to all its layers, so its weights are
+    drawn in definition order from one generator (its seed)."""
+
+    def __init__(self, rng=None, dtype=np.float32, device="cpu"):
+        self.rng = np.random.default_rng(0) if rng is None else rng
+        self.dtype, self.device = dtype, device
+
+    def normal(self, shape, std=0.02):
+        return parameter(self.rng.normal(0.0, std, shape).astype(self.dtype), self.device)
+
+    def constant(self, shape, value):
+        return parameter(np.full(shape, value, self.dtype), self.device)
+
+
+class ShapeOnly(Init):
+    """Placeholders that have a parameter's shape and dtype but no storage and no random draws: each is a read-only
+    broadcast of one zero (np.broadcast_to, all strides 0). A model built with it names every parameter with its
+    shape, so its layout can be read (model.parameter_shapes, count_parameters) without allocating the model."""
+
+    def __init__(self, dtype=np.float32):
+        self.rng, self.dtype, self.device = None, dtype, "cpu"
+
+    def normal(self, shape, std=0.02):
+        return self.constant(shape, 0.0)
+
+    def constant(self, shape, value):
+        return parameter(np.broadcast_to(np.zeros((), self.dtype), shape), self.device)
+
+
 class Linear(Module):
-    def __init__(self, n_in, n_out, bias=True, rng=None, dtype=np.float32, device="cpu"):
-        rng = rng or np.random.default_rng(0)
-        self.weight = parameter(rng.normal(0.0, 0.02, (n_out, n_in)).astype(dtype), device)  # (out, in)
-        self.bias = parameter(np.zeros(n_out, dtype), device) if bias else None
+    def __init__(self, n_in, n_out, bias=True, rng=None, dtype=np.float32, device="cpu", init=None):
+        init = init or Init(rng, dtype, device)
+        self.weight = init.normal((n_out, n_in))                                  # (out, in)
+        self.bias = init.constant(n_out, 0.0) if bias else None
 
     def __call__(self, x):
         return F.linear(x, self.weight, self.bias)
 
 
 class Embedding(Module):
-    def __init__(self, n, dim, rng=None, dtype=np.float32, device="cpu"):
-        rng = rng or np.random.default_rng(0)
-        self.weight = parameter(rng.normal(0.0, 0.02, (n, dim)).astype(dtype), device)  # (n, dim)
+    def __init__(self, n, dim, rng=None, dtype=np.float32, device="cpu", init=None):
+        init = init or Init(rng, dtype, device)
+        self.weight = init.normal((n, dim))                                       # (n, dim)
 
     def __call__(self, idx):
         """Rows of the table for integer indices (any shape); for the GPT's token + position sum see
@@ -111,9 +142,10 @@ class Embedding(Module):
 
 
 class LayerNorm(Module):
-    def __init__(self, dim, bias=True, eps=1e-5, dtype=np.float32, device="cpu"):
-        self.weight = parameter(np.ones(dim, dtype), device)
-        self.bias = parameter(np.zeros(dim, dtype), device) if bias else None
+    def __init__(self, dim, bias=True, eps=1e-5, dtype=np.float32, device="cpu", init=None):
+        init = init or Init(None, dtype, device)
+        self.weight = init.constant(dim, 1.0)
+        self.bias = init.constant(dim, 0.0) if bias else None
         self.eps = eps
 
     def __call__(self, x):
