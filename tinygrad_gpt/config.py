@@ -85,6 +85,10 @@ class TrainConfig:
         for name in ("seed", "warmup_iters", "sample_chars"):
             v = getattr(self, name)
             need(_int(v) and v >= 0, f"{name} must be a non-negative integer, got {v!r}")
+        for name in ("data", "out"):
+            v = getattr(self, name)
+            need(v is None or isinstance(v, str), f"{name} must be a path, got {v!r}")
+        need(isinstance(self.device, str), f"device must be a name, got {self.device!r}")
         need(_finite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
         need(self.min_lr is None or (_finite(self.min_lr) and 0 <= self.min_lr <= self.lr),
              f"min_lr must be in [0, lr = {self.lr}], got {self.min_lr!r}")
@@ -133,6 +137,30 @@ def make_config(preset=None, **overrides):
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     return _build({**PRESETS[preset], **overrides, "preset": preset})
+
+
+# settings added after checkpoints of format 1 were first written, with the value a run that predates them had
+_SINCE_FORMAT_1 = {"grad_accum": 1}
+
+
+def check_saved_settings(ckpt):
+    """The training settings a checkpoint holds (its meta "train") must be exactly TrainConfig's fields, valid, and
+    describe the checkpoint's model config: else CheckpointError (the checkpoint is at fault, not the user's flags),
+    never a resume with a default in place of a lost setting."""
+    from .checkpoint import META_FILE, CheckpointError
+    saved = dict(ckpt.meta["train"])
+    if ckpt.meta["format_version"] == 1:
+        saved = {**_SINCE_FORMAT_1, **saved}
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    odd = [f"lacks {k}" for k in known if k not in saved] + [f"has an unknown {k!r}" for k in saved if k not in known]
+    try:
+        if odd:
+            raise ConfigError(odd[0])
+        if _build(saved).model_config(ckpt.config.vocab_size) != ckpt.config:
+            raise ConfigError("they describe another model than its config")
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {ckpt.path}: the training settings in {META_FILE} are invalid: "
+                              f"{e}") from None
 
 
 def resume_config(saved, preset, overrides, out):

@@ -47,7 +47,7 @@ from . import checkpoint as ckpt_io
 from . import distributed
 from .backend import get_device, to_host
 from .budget import fit_to_budget, parse_duration
-from .config import DEFAULT_PRESET, ConfigError, make_config, resume_config
+from .config import DEFAULT_PRESET, ConfigError, check_saved_settings, make_config, resume_config
 from .data import BatchSampler, default_prompt, fixed_batches, load_corpus
 from .model import GPT
 from .optim import AdamW
@@ -176,8 +176,8 @@ def prepare(preset, resume, force, stop_at, overrides, budget=False, ranks=1):
         if not has_checkpoint(out):
             raise ConfigError(f"--resume: no run to resume in {out} (no {LAST}/ checkpoint there)")
         ckpt = ckpt_io.load(out / LAST)
-        if ckpt.optim_state is None or "rng" not in ckpt.meta or "train" not in ckpt.meta:
-            raise ckpt_io.CheckpointError(f"checkpoint {ckpt.path} lacks the optimizer or RNG state needed to resume")
+        ckpt.check_resumable()
+        check_saved_settings(ckpt)
         tc = resume_config(ckpt.meta["train"], preset, overrides, out)
     else:
         tc = make_config(preset, **overrides)
