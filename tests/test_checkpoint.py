@@ -271,6 +271,8 @@ def test_json_that_only_parses_leniently_is_refused(saved):
     one_line_error(path, "duplicate key 'step'")
     (path / "meta.json").write_text(text.replace('"best_val_loss": 1.5', '"best_val_loss": NaN'), encoding="utf-8")
     one_line_error(path, "NaN is not a JSON number")
+    (path / "meta.json").write_text(text.replace('"char"', '"\\ud800"'), encoding="utf-8")   # a lone surrogate
+    one_line_error(path, "meta.json is unreadable or corrupt")
 
 
 def test_format_version_1_has_no_meta_checksum_and_still_loads(saved):

@@ -269,7 +269,10 @@ def _read_meta(path):
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys,
                           parse_constant=_no_constants)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        # computed here for every version: it encodes each string as UTF-8, which refuses a lone surrogate (a
+        # "\ud800" escape parses, but is no text)
+        digest = _meta_digest(meta) if isinstance(meta, dict) else None
+    except (OSError, UnicodeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"checkpoint {path}: {META_FILE} is unreadable or corrupt ({_one_line(e)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tinygrad_gpt checkpoint ({META_FILE} has no "
@@ -280,7 +283,7 @@ def _read_meta(path):
     if version > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {version}, newer than this tinygrad_gpt reads "
                               f"({FORMAT_VERSION}): upgrade tinygrad_gpt to load it")
-    if version >= 2 and meta.get(META_DIGEST) != _meta_digest(meta):
+    if version >= 2 and meta.get(META_DIGEST) != digest:
         raise CheckpointError(f"checkpoint {path}: {META_FILE} is corrupt or was edited (its content does not match "
                               f"its {META_DIGEST})")
     return meta
