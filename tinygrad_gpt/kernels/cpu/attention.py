@@ -89,7 +89,7 @@ def _softmax_block(s, off):
 
 
 @kernel
-def attention_fwd(fn, itype, q, k, v, y, blk, pbuf, abuf, keep, scale, ks):
+def attention_fwd(fn, ilp64, q, k, v, y, blk, pbuf, abuf, keep, scale, ks):
     """y (B, H, t, hs) = A V, A = softmax(causal(Q K^T / sqrt(hs))) (* keep * ks under dropout); q, k, v, y any
     strides with unit last stride. pbuf (B, H, total) receives each block's P^T; abuf its A^T under dropout (keep
     (B, H, t, Tk) as bytes; else abuf and keep are None)."""
@@ -111,7 +111,7 @@ def attention_fwd(fn, itype, q, k, v, y, blk, pbuf, abuf, keep, scale, ks):
                 for e in range(hs):
                     qt[e, i] = qrow[e] * scale
             st = pbuf[b, h, off:off + kn * n].reshape(kn, n)
-            blas.gemm(fn, itype, blas.NO_TRANS, blas.NO_TRANS, kn, n, hs, ft(1), _addr(k, b, h, 0), _rows(k),
+            blas.gemm(fn, ilp64, blas.NO_TRANS, blas.NO_TRANS, kn, n, hs, ft(1), _addr(k, b, h, 0), _rows(k),
                       qt.ctypes.data, n, ft(0), st.ctypes.data, n)          # S^T = K Q^T / sqrt(hs)   (kn, n)
             _softmax_block(st, tk - t + i0)                        # P^T
             a = st
@@ -120,12 +120,12 @@ def attention_fwd(fn, itype, q, k, v, y, blk, pbuf, abuf, keep, scale, ks):
                 for j in range(kn):
                     for i in range(n):
                         a[j, i] = st[j, i] * ft(keep[b, h, i0 + i, j]) * ks     # A^T = (P * keep / (1 - p))^T
-            blas.gemm(fn, itype, blas.TRANS, blas.NO_TRANS, n, hs, kn, ft(1), a.ctypes.data, n, _addr(v, b, h, 0),
+            blas.gemm(fn, ilp64, blas.TRANS, blas.NO_TRANS, n, hs, kn, ft(1), a.ctypes.data, n, _addr(v, b, h, 0),
                       _rows(v), ft(0), _addr(y, b, h, i0), _rows(y))        # Y = A V   (n, hs)
 
 
 @kernel
-def attention_bwd(fn, itype, q, k, v, y, dy, dq, dk, dv, blk, pbuf, abuf, keep, scale, ks):
+def attention_bwd(fn, ilp64, q, k, v, y, dy, dq, dk, dv, blk, pbuf, abuf, keep, scale, ks):
     """dq, dk, dv (any strides, unit last stride) from dy and the forward's blocks of P^T (and A^T)."""
     bsz, nh, t, hs = q.shape
     ft = q.dtype.type
@@ -154,7 +154,7 @@ def attention_bwd(fn, itype, q, k, v, y, dy, dq, dk, dv, blk, pbuf, abuf, keep, 
             else:
                 at = abuf[b, h, off:off + kn * n].reshape(kn, n)
             dp = dp_buf[:kn * n].reshape(kn, n)
-            blas.gemm(fn, itype, blas.NO_TRANS, blas.NO_TRANS, kn, n, hs, ft(1), _addr(v, b, h, 0), _rows(v),
+            blas.gemm(fn, ilp64, blas.NO_TRANS, blas.NO_TRANS, kn, n, hs, ft(1), _addr(v, b, h, 0), _rows(v),
                       dyt.ctypes.data + i0 * dyt.itemsize, t, ft(0), dp.ctypes.data, n)   # dA^T = V dY^T (kn, n)
             dg = d[i0:i1]
             for j in range(kn):
@@ -164,12 +164,12 @@ def attention_bwd(fn, itype, q, k, v, y, dy, dq, dk, dv, blk, pbuf, abuf, keep, 
                         row[i] *= ft(keep[b, h, i0 + i, j]) * ks  # dP = dA * keep / (1 - p)
                 for i in range(n):
                     row[i] = prow[i] * (row[i] - dg[i]) * scale    # dS^T / sqrt(hs); 0 where P = 0 (masked)
-            blas.gemm(fn, itype, blas.TRANS, blas.NO_TRANS, n, hs, kn, ft(1), dp.ctypes.data, n, _addr(k, b, h, 0),
+            blas.gemm(fn, ilp64, blas.TRANS, blas.NO_TRANS, n, hs, kn, ft(1), dp.ctypes.data, n, _addr(k, b, h, 0),
                       _rows(k), ft(0), _addr(dq, b, h, i0), _rows(dq))      # dQ = dS K / sqrt(hs)   (n, hs)
             beta = ft(0) if r == 0 else ft(1)                      # the first block sees every key: it writes
-            blas.gemm(fn, itype, blas.NO_TRANS, blas.NO_TRANS, kn, hs, n, ft(1), at.ctypes.data, n,
+            blas.gemm(fn, ilp64, blas.NO_TRANS, blas.NO_TRANS, kn, hs, n, ft(1), at.ctypes.data, n,
                       _addr(dy, b, h, i0), _rows(dy), beta, _addr(dv, b, h, 0), _rows(dv))   # dV (+)= A^T dY
-            blas.gemm(fn, itype, blas.NO_TRANS, blas.NO_TRANS, kn, hs, n, ft(1), dp.ctypes.data, n,
+            blas.gemm(fn, ilp64, blas.NO_TRANS, blas.NO_TRANS, kn, hs, n, ft(1), dp.ctypes.data, n,
                       _addr(q, b, h, i0), _rows(q), beta, _addr(dk, b, h, 0), _rows(dk))     # dK (+)= dS^T Q
 
 
@@ -193,7 +193,7 @@ def attention_forward(q, k, v, keep=None, p=0.0, out=None):
     abuf = None if keep is None else np.empty_like(pbuf)           # and A^T under dropout
     kb = None if keep is None else np.ascontiguousarray(keep).view(np.uint8)
     with lib.single_threaded():
-        attention_fwd.parallel(lib.gemm_for(q.dtype), lib.int, q, k, v, y, blk, pbuf, abuf, kb, scale, ks)
+        attention_fwd.parallel(lib.gemm_for(q.dtype), lib.ilp64, q, k, v, y, blk, pbuf, abuf, kb, scale, ks)
     if out is not None and y is not out:
         out[...] = y
         y = out
@@ -210,7 +210,7 @@ def attention_backward(dy, cache, out=None):
     grads = [o if o is not None and o.strides[-1] == o.itemsize else np.empty(a.shape, a.dtype)
              for o, a in zip(given, (q, k, v))]
     with lib.single_threaded():
-        attention_bwd.parallel(lib.gemm_for(q.dtype), lib.int, q, k, v, y, dy, *grads, blk, pbuf, abuf, kb, scale,
+        attention_bwd.parallel(lib.gemm_for(q.dtype), lib.ilp64, q, k, v, y, dy, *grads, blk, pbuf, abuf, kb, scale,
                                ks)
     if out is None:
         return tuple(grads)

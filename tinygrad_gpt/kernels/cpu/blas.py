@@ -35,13 +35,14 @@ _found = None
 
 
 class Blas:
-    """The C functions of one BLAS: gemm addresses by dtype, the integer width of its interface, thread controls."""
+    """The C functions of one BLAS: gemm addresses by dtype, the integer width of its interface, thread controls.
+    Kernels take the address and `ilp64` (plain int and bool: numba types them fast at every call)."""
 
     def __init__(self, lib, names):
         gemm, set_name, get_name, ilp64 = names
         self.sgemm = ctypes.cast(getattr(lib, gemm.format("s")), ctypes.c_void_p).value
         self.dgemm = ctypes.cast(getattr(lib, gemm.format("d")), ctypes.c_void_p).value
-        self.int = np.int64 if ilp64 else np.int32
+        self.ilp64 = ilp64                   # 64-bit integers in the interface (else 32-bit)
         self._set = getattr(lib, set_name)
         self._set.restype, self._set.argtypes = None, [ctypes.c_int64 if ilp64 else ctypes.c_int]
         self._get = getattr(lib, get_name)
@@ -113,10 +114,14 @@ def _call_gemm(typingctx, fn, order, ta, tb, m, n, k, alpha, a, lda, b, ldb, bet
 
 
 @numba.njit(inline="always")
-def gemm(fn, itype, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+def gemm(fn, ilp64, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """C (m x n, row stride ldc) = alpha op(A) op(B) + beta C, row-major; a, b, c are addresses (integers), op(X) is X
-    or X^T (ta, tb: NO_TRANS or TRANS); itype the BLAS's integer type (np.int32 or np.int64); alpha and beta in C's
+    or X^T (ta, tb: NO_TRANS or TRANS); ilp64: the BLAS takes 64-bit integers (else 32-bit); alpha and beta in C's
     dtype (float32 for sgemm: a float64 would be passed as a double). Nothing is called when C is empty."""
     if m > 0 and n > 0:
-        _call_gemm(fn, np.int32(ROW_MAJOR), np.int32(ta), np.int32(tb), itype(m), itype(n), itype(k), alpha,
-                   a, itype(lda), b, itype(ldb), beta, c, itype(ldc))
+        if ilp64:
+            _call_gemm(fn, np.int32(ROW_MAJOR), np.int32(ta), np.int32(tb), np.int64(m), np.int64(n), np.int64(k),
+                       alpha, a, np.int64(lda), b, np.int64(ldb), beta, c, np.int64(ldc))
+        else:
+            _call_gemm(fn, np.int32(ROW_MAJOR), np.int32(ta), np.int32(tb), np.int32(m), np.int32(n), np.int32(k),
+                       alpha, a, np.int32(lda), b, np.int32(ldb), beta, c, np.int32(ldc))

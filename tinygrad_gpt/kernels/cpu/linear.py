@@ -129,38 +129,46 @@ def sum_rows(parts, out):
 
 
 @kernel
-def linear_fwd(fn, itype, x, w, y, b, act, residual, pre, pieces):
-    """y (N, D) = act(x (N, I) W^T + b) + residual, W (D, I); the rows of y in `pieces` parts, each one BLAS call and
-    then its epilogue while the rows are in the cache. act: 0 none, 1 ReLU, 2 GELU (pre receives x W^T + b).
-    b, residual, pre may be None."""
+def linear_fwd(fn, ilp64, x, w, y, b, act, residual, pre, pieces):
+    """y (N, D) = act(x (N, I) W^T + b) + residual, W (D, I), in `pieces` parts, each one BLAS call and then its
+    epilogue while its part of y is in the cache: parts of rows, or, for fewer than 4 rows per piece (generation's one
+    row at a time), parts of columns, so that every thread still reads its share of W. act: 0 none, 1 ReLU, 2 GELU
+    (pre receives x W^T + b). b, residual, pre may be None."""
     n, d = y.shape
     k = x.shape[1]
     ft = y.dtype.type
+    by_rows = n >= 4 * pieces
     for p in prange(pieces):
-        r0, r1 = p * n // pieces, (p + 1) * n // pieces
-        blas.gemm(fn, itype, blas.NO_TRANS, blas.TRANS, r1 - r0, d, k, ft(1), x.ctypes.data + r0 * k * x.itemsize,
-                  k, w.ctypes.data, k, ft(0), y.ctypes.data + r0 * d * y.itemsize, d)
+        r0, r1, c0, c1 = 0, n, 0, d
+        if by_rows:
+            r0, r1 = p * n // pieces, (p + 1) * n // pieces
+        else:
+            c0, c1 = p * d // pieces, (p + 1) * d // pieces
+        blas.gemm(fn, ilp64, blas.NO_TRANS, blas.TRANS, r1 - r0, c1 - c0, k, ft(1),
+                  x.ctypes.data + r0 * k * x.itemsize, k, w.ctypes.data + c0 * k * w.itemsize, k, ft(0),
+                  y.ctypes.data + (r0 * d + c0) * y.itemsize, d)
         for i in range(r0, r1):
-            row = y[i]
+            row = y[i, c0:c1]
             if b is not None:
-                for j in range(d):
-                    row[j] += b[j]
+                bb = b[c0:c1]
+                for j in range(c1 - c0):
+                    row[j] += bb[j]
             if act == 1:
-                for j in range(d):
+                for j in range(c1 - c0):
                     row[j] = max(row[j], ft(0))
             elif act == 2 and pre is not None:
-                prow = pre[i]
-                for j in range(d):
+                prow = pre[i, c0:c1]
+                for j in range(c1 - c0):
                     prow[j] = row[j]
                     row[j] = _gelu_and_slope(row[j], ft)[0]
             if residual is not None:
-                rrow = residual[i]
-                for j in range(d):
+                rrow = residual[i, c0:c1]
+                for j in range(c1 - c0):
                     row[j] += rrow[j]
 
 
 @kernel
-def gemm_rows(fn, itype, a, ta, b, tb, c, pieces):
+def gemm_rows(fn, ilp64, a, ta, b, tb, c, pieces):
     """c (M, N) = op(a) op(b), the rows of c in `pieces` parts (one BLAS call each); a, b, c C-contiguous 2-D,
     op(a) = a (ta NO_TRANS: a is (M, K)) or a^T (TRANS: a is (K, M)), op(b) likewise."""
     m, n = c.shape
@@ -170,7 +178,7 @@ def gemm_rows(fn, itype, a, ta, b, tb, c, pieces):
     for p in prange(pieces):
         r0, r1 = p * m // pieces, (p + 1) * m // pieces
         a0 = r0 * lda if ta == blas.NO_TRANS else r0                # op(a)'s rows r0: rows of a, or columns of a^T
-        blas.gemm(fn, itype, ta, tb, r1 - r0, n, k, ft(1), a.ctypes.data + a0 * a.itemsize, lda, b.ctypes.data, ldb,
+        blas.gemm(fn, ilp64, ta, tb, r1 - r0, n, k, ft(1), a.ctypes.data + a0 * a.itemsize, lda, b.ctypes.data, ldb,
                   ft(0), c.ctypes.data + r0 * n * c.itemsize, n)
 
 
@@ -190,7 +198,7 @@ def linear_forward(x, w, b=None, activation=None, residual=None):
     pre = np.empty_like(y) if activation == "gelu" else None
     res = None if residual is None else np.ascontiguousarray(residual)
     with lib.single_threaded():
-        linear_fwd.parallel(lib.gemm_for(y.dtype), lib.int, x, np.ascontiguousarray(w), y, b, ACT[activation], res,
+        linear_fwd.parallel(lib.gemm_for(y.dtype), lib.ilp64, x, np.ascontiguousarray(w), y, b, ACT[activation], res,
                             pre, _pieces())
     return y, (y if activation == "relu" else pre)
 
@@ -208,8 +216,8 @@ def linear_backward(g, x, w, bias=True, saved=None, activation=None):
     dw = np.empty(w.shape, g.dtype)
     fn, pieces = lib.gemm_for(g.dtype), _pieces()
     with lib.single_threaded():
-        gemm_rows.parallel(fn, lib.int, g, blas.NO_TRANS, w, blas.NO_TRANS, dx, pieces)   # dx = g W
-        gemm_rows.parallel(fn, lib.int, g, blas.TRANS, x, blas.NO_TRANS, dw, pieces)      # dW = g^T x
+        gemm_rows.parallel(fn, lib.ilp64, g, blas.NO_TRANS, w, blas.NO_TRANS, dx, pieces)   # dx = g W
+        gemm_rows.parallel(fn, lib.ilp64, g, blas.TRANS, x, blas.NO_TRANS, dw, pieces)      # dW = g^T x
     return dx, dw, db
 
 
