@@ -73,8 +73,10 @@ def parse(argv):
             engines.spec(name)
         except KeyError as e:
             p.error(str(e.args[0]))
-    if args.threads < 1:
-        p.error("--threads must be >= 1")
+    usable = len(protocol.engine_cpus(os.cpu_count() or 1) or []) or os.cpu_count() or 1
+    if not 1 <= args.threads <= usable:
+        p.error(f"--threads must be between 1 and the {usable} CPUs this process may use (each engine is pinned "
+                "to that many)")
     args.rss = (not args.quick) if args.rss is None else args.rss
     args.min_sample_ms = args.min_sample_ms if args.min_sample_ms is not None else (1.0 if args.quick else 5.0)
     args.sample_config = args.sample_config or ("small" if args.quick else "lecture")

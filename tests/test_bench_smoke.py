@@ -61,6 +61,11 @@ def test_every_registered_engine_names_a_class_of_its_module():
     assert set(engines.QUICK_ENGINES) <= set(engines.CPU_ENGINES)
 
 
+def test_readmes_hold_the_blocks_the_tools_write():
+    assert report.README_START in (ROOT / "README.md").read_text()          # bench.py --update-readme
+    assert "<!-- check-power:start -->" in (ROOT / "benchmarks" / "README.md").read_text()   # check_power.py
+
+
 @pytest.mark.slow
 def test_quick_run_times_the_same_math_and_refuses_the_rest(tmp_path):
     pytest.importorskip("torch")

@@ -102,4 +102,6 @@ def missing(name):
         cc = os.environ.get("CC", "clang")
         if shutil.which(cc) is None:
             return f"tinygrad's CPU device compiles its kernels with {cc}, not found on PATH (apt-get install clang)"
+    if name == "torch-compile" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+        return "torch.compile's CPU code generator needs a C++ compiler on PATH (apt-get install g++)"
     return None
