@@ -85,6 +85,8 @@ def markdown(results):
             rss = e.get("rss_probe", {})
             if rss.get("rss_step_bytes") is not None:
                 step_mem.append(mib(rss["rss_step_bytes"]) + " (rss)")
+            if mem.get("device_step_bytes") is not None:
+                step_mem.append(mib(mem["device_step_bytes"]) + " (gpu)")
             L.append(f"| {cname} | {name} | {ms(s['median_ms'])} | {ms(s['q1_ms'])}-{ms(s['q3_ms'])} | "
                      f"{s['tokens_per_s']:,.0f} | {s['achieved_gflops']:.1f} | "
                      f"{'' if s.get('mfu') is None else format(s['mfu'], '.0%')} | "
@@ -93,7 +95,8 @@ def markdown(results):
     L += ["", "first step: the check's first step (compilation for torch.compile, JAX and tinygrad). Memory: process "
           "peak RSS = the timing process's high-water mark (libraries included); (tm) = tracemalloc peak of one "
           "step's NumPy allocations above those before it; (rss) = one step's resident-set high-water mark above the "
-          "resident set before it, in a fresh process with MALLOC_MMAP_THRESHOLD_=65536 (full runs).", ""]
+          "resident set before it, in a fresh process with MALLOC_MMAP_THRESHOLD_=65536 (full runs); (gpu) = the CuPy "
+          "pool's or torch.cuda's peak of one step above what was in use before it.", ""]
 
     L += ["## Same-math check", "",
           "From the same initial weights (tinygrad_gpt's `state_dict()`) and the same batches, each engine's loss "
@@ -177,12 +180,25 @@ def targets(results):
             if cname in TARGETS and ratio(c, engines.REFERENCE) is not None]
 
 
+LIBRARIES = ("tinygrad_gpt", "torch", "jax", "tinygrad", "autograd")
+
+
+def library_version(results, name):
+    """'library version' of an engine, from the first config that ran it."""
+    for c in results["configs"].values():
+        e = c["engines"].get(name) or c["failed_check"].get(name)
+        if e:
+            v = e.get("versions", {})
+            return next((f"{lib} {v[lib]}" for lib in LIBRARIES if lib in v), "")
+    return ""
+
+
 def speed_table(results):
     """The README's table: median ms per step of every engine per config, with the ratio to torch fused."""
     configs = list(results["configs"].items())
     names = [n for n in engine_order(results) if any(n in c["engines"] or n in c["failed_check"] for _, c in configs)]
-    L = ["| engine | " + " | ".join(f"{cn} ({c['shape'].split(' V=')[0]})" for cn, c in configs) + " |",
-         "|---|" + "---:|" * len(configs)]
+    L = ["| engine | version | " + " | ".join(f"{cn} ({c['shape'].split(' V=')[0]})" for cn, c in configs) + " |",
+         "|---|---|" + "---:|" * len(configs)]
     for name in names:
         cells = []
         for _, c in configs:
@@ -194,12 +210,12 @@ def speed_table(results):
                 cells.append("failed check")
             else:
                 cells.append("")
-        L.append(f"| {name} | " + " | ".join(cells) + " |")
+        L.append(f"| {name} | {library_version(results, name)} | " + " | ".join(cells) + " |")
     meta = results["meta"]
     L += ["", f"Median ms per training step (forward, backward, AdamW), in parentheses the ratio to torch eager fused "
           f"measured in the same run; {meta['threads']} threads per engine, each engine in its own process, the "
           f"engines taking turns ({'quick run' if meta['quick'] else 'full run'} of {meta['date'][:10]}, load average "
-          f"{meta['loadavg_start'][0]} at start). Versions: {versions_line(results)}."]
+          f"{meta['loadavg_start'][0]} at start; numpy {meta['machine']['numpy']})."]
     return "\n".join(L)
 
 

@@ -202,12 +202,12 @@ def reference_trajectory(procs, bc, init, batches, settings):
         ref = EngineProcess(engines.REFERENCE, bc, init, settings.threads, settings.log_dir)
         ref.ready()
     try:
-        ours32 = ref.call("check", batches=batches, steps=bc.check_steps)["losses"]
+        ours32 = ref.call("check", batches=batches, steps=bc.check_steps)
         spread = ref.call("spread", batches=batches, steps=bc.check_steps, runs=bc.check_runs)
     finally:
         if own:
             ref.close()
-    runs32 = [ours32] + spread["runs"]
+    runs32 = [ours32["losses"]] + spread["runs"]
     tol = protocol.check_tolerance(runs32, spread["exact"])
     return {"exact": spread["exact"], "ours32": ours32, "runs32": runs32, "tol": tol.tolist(),
             "spread_factor": protocol.SPREAD_FACTOR}
@@ -230,7 +230,7 @@ def run_config(bc, names, settings):
             for p in procs.values():
                 p.close()
         if settings.rss:
-            for name in res["engines"]:
+            for name in [n for n in res["engines"] if engines.spec(n).device == "cpu"]:
                 say(f"  RSS probe {name} (fresh process)")
                 res["engines"][name]["rss_probe"] = rss_probe(name, bc, init, settings)
     return res
@@ -245,8 +245,9 @@ def _run_started(bc, procs, res, init, batches, settings):
         f"tolerance {tol[0]:.1e} (step 1), {tol[1:].max() if len(tol) > 1 else tol[0]:.1e} (after)")
     for name in list(procs):
         p = procs[name]
-        try:
-            got = p.call("check", batches=batches, steps=bc.check_steps)
+        try:                                   # the reference's own check ran above, in this process
+            got = ref["ours32"] if name == engines.REFERENCE else p.call("check", batches=batches,
+                                                                          steps=bc.check_steps)
         except EngineError as e:
             res["errors"][name] = f"check: {e}"
             say(f"  {name}: check failed to run: {e}")
@@ -258,9 +259,9 @@ def _run_started(bc, procs, res, init, batches, settings):
                  "check": verdict, "what": engines.spec(name).what}
         if not verdict["passed"]:
             res["failed_check"][name] = entry
-            say(f"  {name}: FAILED the same-math check: |loss - exact| {verdict.get('diff_at_worst', float('nan')):.2e}"
-                f" > {verdict.get('tol_at_worst', float('nan')):.2e} at step {verdict.get('worst_step')}"
-                f" (losses {_fmt_losses(verdict['losses'])}): not timed")
+            why = (f"|loss - exact| {verdict['diff_at_worst']:.2e} > {verdict['tol_at_worst']:.2e} at step "
+                   f"{verdict['worst_step']}" if "why" not in verdict else verdict["why"])
+            say(f"  {name}: FAILED the same-math check: {why} (losses {_fmt_losses(verdict['losses'])}): not timed")
             procs.pop(name).close()
             continue
         res["engines"][name] = entry

@@ -13,7 +13,8 @@ goes to stderr). Commands:
     {"cmd": "steps", "n": n}                      -> n step times (s), each step synchronised, on the timing batch
     {"cmd": "layer", "layer": L, "n": n, "min_s": s} -> n samples (s per call) of layer L, forward + backward
     {"cmd": "blas", "n": n, "min_s": s}           -> n samples of each linear-layer product of a step (BLAS floor)
-    {"cmd": "memory"}                             -> the peak memory of one step (tracemalloc, RSS) and of the process
+    {"cmd": "memory"}                             -> the peak memory of one step (tracemalloc, RSS, GPU) and of the
+                                                     process
     {"cmd": "sampling", "tokens": n}              -> the engine's generation speed
     {"cmd": "matmul", "lib": L, "sizes": [...], "n": n} -> library L's float32 square-matmul rate
     {"cmd": "quit"}
@@ -178,6 +179,8 @@ class Worker:
         out = {}
         if getattr(self.engine, "tracemalloc", False):
             out["tracemalloc_step_bytes"] = tracemalloc_peak(self.timed_step)
+        if hasattr(self.engine, "device_memory"):
+            out["device_step_bytes"] = self.engine.device_memory(self.timed_step)
         if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
             out["rss_step_bytes"] = rss_step_peak(self.timed_step)
         peak = _proc_kb("VmHWM")

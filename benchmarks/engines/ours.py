@@ -50,6 +50,18 @@ class TinygradGPT:
     def loss_float(self, loss):
         return float(loss.numpy())
 
+    def device_memory(self, step):
+        """cuda: bytes the CuPy pool holds after one step (its cached blocks: the step's high point) above those in
+        use before it."""
+        if self.device.name != "cuda":
+            return None
+        pool = self.device.xp.get_default_memory_pool()
+        self.sync()
+        pool.free_all_blocks()
+        used = pool.used_bytes()
+        step()
+        return int(pool.total_bytes() - used)
+
     def layer_fns(self, x, dout):
         """Forward + backward of each layer of block 0 alone; parameter gradients reset before each call."""
         m, xp = self.model, self.device.xp

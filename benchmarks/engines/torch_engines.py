@@ -53,6 +53,16 @@ class TorchEngine:
     def loss_float(self, loss):
         return float(loss.detach())
 
+    def device_memory(self, step):
+        """cuda: torch.cuda.max_memory_allocated during one step above memory_allocated before it."""
+        if self.device.type != "cuda":
+            return None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        return torch.cuda.max_memory_allocated() - before
+
     def layer_fns(self, x, dout):
         """Forward + backward of each layer alone, the same layers and inputs as the tinygrad_gpt engine's."""
         m, bc, dev = self.model.layer_modules(), self.bc, self.device
