@@ -42,7 +42,8 @@ def parse(argv):
     p.add_argument("--quick", action="store_true", help="few rounds, two small configs, four engines")
     for name, what in (("rounds", "alternation rounds"), ("block", "timed steps per engine per round"),
                        ("warmup", "untimed steps before the rounds"), ("check-steps", "AdamW steps of the check"),
-                       ("check-runs", "perturbed float32 reference runs of the check")):
+                       ("check-runs", "perturbed float32 reference runs of the check"),
+                       ("group", "engine processes alive at once, 0: all")):
         p.add_argument(f"--{name}", type=int, default=None, help=f"{what} (default: per config)")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer times")
     p.add_argument("--no-blas", action="store_true", help="skip the BLAS floor")
@@ -93,6 +94,7 @@ def main(argv=None):
                                layer_samples=args.layer_samples, settle_s=args.settle_ms / 1e3,
                                rounds=args.rounds, block=args.block,
                                warmup=args.warmup, check_steps=args.check_steps, check_runs=args.check_runs,
+                               group=args.group,
                                log_dir=log_dir)
     machine = protocol.machine_info()
     results = {"meta": {"date": datetime.datetime.now().isoformat(timespec="seconds"), "quick": args.quick,

@@ -22,6 +22,8 @@ class BenchConfig:
         each engine gets rounds * block step samples.
     check_steps: AdamW steps of the same-math check.
     check_runs: perturbed float32 runs of the reference that measure the float32 spread (check_tolerance).
+    group: at most this many engine processes alive at once (0: all); the engines then alternate in groups, each
+        with tinygrad_gpt and torch-fused (runner.plan_groups). Bounds memory where one step needs gigabytes.
     """
     name: str
     batch_size: int
@@ -35,6 +37,7 @@ class BenchConfig:
     block: int = 4
     check_steps: int = 5
     check_runs: int = 8
+    group: int = 0
 
     def gpt_config(self):
         """GPTConfig fields, the same for every engine. dropout 0: masks would time random-number generators."""
@@ -56,7 +59,8 @@ CONFIGS = {
     "mid": BenchConfig("mid", 32, 128, 192, 6, 6, warmup=2, rounds=5, block=2, check_steps=4),
     # ~5 s a step on 2 cores: one step per block, 9 rounds (torch's fused step there has been bimodal from run to run,
     # and fewer samples gave medians anywhere between its two modes)
-    "lecture": BenchConfig("lecture", 64, 256, 384, 6, 6, warmup=1, rounds=9, block=1, check_steps=3, check_runs=4),
+    "lecture": BenchConfig("lecture", 64, 256, 384, 6, 6, warmup=1, rounds=9, block=1, check_steps=3, check_runs=4,
+                           group=4),
 }
 QUICK_CONFIGS = ("small", "nanogpt-cpu")
 

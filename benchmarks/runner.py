@@ -130,11 +130,12 @@ class Settings:
     warmup: int = None
     check_steps: int = None
     check_runs: int = None
+    group: int = None
     log_dir: str = None
 
     def schedule(self, bc):
         bc = protocol.quick_schedule(bc) if self.quick else bc
-        over = {k: getattr(self, k) for k in ("rounds", "block", "warmup", "check_steps", "check_runs")
+        over = {k: getattr(self, k) for k in ("rounds", "block", "warmup", "check_steps", "check_runs", "group")
                 if getattr(self, k) is not None}
         return dataclasses.replace(bc, **over)
 
@@ -210,25 +211,61 @@ def reference_trajectory(procs, bc, init, batches, settings):
     runs32 = [ours32["losses"]] + spread["runs"]
     tol = protocol.check_tolerance(runs32, spread["exact"])
     return {"exact": spread["exact"], "ours32": ours32, "runs32": runs32, "tol": tol.tolist(),
-            "spread_factor": protocol.SPREAD_FACTOR}
+            "spread_factor": protocol.SPREAD_FACTOR, "process": None if own else ref}
+
+
+def plan_groups(names, size):
+    """Split the engines into groups that alternate together (size 0: one group of all). tinygrad_gpt and the
+    ratios' denominator, torch-fused, are in every group, so each group measures its engines against them; the
+    others keep the registry's order (the engines with per-layer functions come first, in the first group)."""
+    anchors = [n for n in (engines.REFERENCE, engines.TORCH_BASELINE) if n in names]
+    rest = [n for n in names if n not in anchors]
+    if not size or len(names) <= size:
+        return [names]
+    step = max(1, size - len(anchors))
+    return [anchors + rest[i:i + step] for i in range(0, len(rest), step)] or [anchors]
 
 
 def run_config(bc, names, settings):
-    """Everything for one config; returns its results dict."""
+    """Everything for one config; returns its results dict. With bc.group set (the lecture config), at most that
+    many engine processes are alive at once: the engines alternate in groups (plan_groups)."""
     bc = settings.schedule(bc)
     res = {"config": dataclasses.asdict(bc), "shape": bc.describe(), "engines": {}, "skipped": {},
            "failed_check": {}, "errors": {}}
+    runnable = []
+    for name in names:
+        why = engines.missing(name)
+        if why:
+            res["skipped"][name] = why
+            say(f"  skip {name}: {why}")
+        else:
+            runnable.append(name)
+    groups = plan_groups(runnable, bc.group)
+    res["groups"] = groups
+    samples = {}
     with tempfile.TemporaryDirectory() as tmp:
         init, batches, n_params = write_inputs(bc, tmp)
         res["flops"] = protocol.model_flops(bc, n_params)
         say(f"config {bc.name}: {bc.describe()} (check {bc.check_steps} steps, warm-up {bc.warmup}, "
-            f"{bc.rounds} rounds x {bc.block} steps)")
-        procs, res["skipped"], res["errors"] = start(names, bc, init, settings)
-        try:
-            _run_started(bc, procs, res, init, batches, settings)
-        finally:
-            for p in procs.values():
-                p.close()
+            f"{bc.rounds} rounds x {bc.block} steps" + (f", {len(groups)} groups" if len(groups) > 1 else "") + ")")
+        for i, group in enumerate(groups):
+            group = [n for n in group if n not in res["failed_check"] and n not in res["errors"]]
+            if len(groups) > 1:
+                say(f"  group {i + 1}: {' '.join(group)}")
+            procs, _, errors = start(group, bc, init, settings)
+            res["errors"].update(errors)
+            try:
+                _run_group(bc, procs, res, init, batches, settings, samples, first=i == 0)
+            finally:
+                for p in procs.values():
+                    p.close()
+        for name, got in samples.items():
+            if name in res["engines"] and got:
+                d = protocol.summarize(got)
+                d["tokens_per_s"] = bc.tokens / (d["median_ms"] / 1e3)
+                d["achieved_gflops"] = res["flops"]["total"] / (d["median_ms"] / 1e3) / 1e9
+                res["engines"][name]["step"] = d
+                res["engines"][name]["step_samples_ms"] = [t * 1e3 for t in got]
         if settings.rss:
             for name in [n for n in res["engines"] if engines.spec(n).device == "cpu"]:
                 say(f"  RSS probe {name} (fresh process)")
@@ -236,18 +273,16 @@ def run_config(bc, names, settings):
     return res
 
 
-def _run_started(bc, procs, res, init, batches, settings):
-    ref = reference_trajectory(procs, bc, init, batches, settings)
-    res["reference"] = ref
+def _check(procs, res, ref, batches, bc):
+    """The same-math check of every engine of procs not checked before; those that fail leave procs."""
     tol = np.asarray(ref["tol"])
-    say(f"  reference (tinygrad_gpt): float64 losses {_fmt_losses(ref['exact'])}; float32 spread over "
-        f"{len(ref['runs32'])} runs {np.abs(np.subtract(ref['runs32'], ref['exact'])).max():.1e}; "
-        f"tolerance {tol[0]:.1e} (step 1), {tol[1:].max() if len(tol) > 1 else tol[0]:.1e} (after)")
     for name in list(procs):
+        if name in res["engines"]:                 # checked in an earlier group
+            continue
         p = procs[name]
-        try:                                   # the reference's own check ran above, in this process
-            got = ref["ours32"] if name == engines.REFERENCE else p.call("check", batches=batches,
-                                                                          steps=bc.check_steps)
+        try:                                       # the reference's own check ran in reference_trajectory
+            got = ref["ours32"] if name == engines.REFERENCE and ref["process"] is p else p.call(
+                "check", batches=batches, steps=bc.check_steps)
         except EngineError as e:
             res["errors"][name] = f"check: {e}"
             say(f"  {name}: check failed to run: {e}")
@@ -268,41 +303,54 @@ def _run_started(bc, procs, res, init, batches, settings):
         say(f"  {name}: same math (max |loss - exact| {verdict['max_abs_diff']:.1e}); first step "
             f"{verdict['first_step_s']:.2f} s")
 
-    steps, errors = take_turns(procs, 1, 0.0, lambda n, p: p.call("steps", n=bc.warmup)["samples"])
-    steps, errors2 = take_turns({n: p for n, p in procs.items() if n not in errors}, bc.rounds, settings.settle_s,
-                                lambda n, p: p.call("steps", n=bc.block)["samples"])
+
+def _run_group(bc, procs, res, init, batches, settings, samples, first):
+    """Check, warm up and time one group of engine processes; the first group also times the layers and the BLAS
+    floor. Step samples accumulate in `samples` (an engine in several groups pools them)."""
+    if "reference" not in res:
+        ref = reference_trajectory(procs, bc, init, batches, settings)
+        res["reference"] = {k: v for k, v in ref.items() if k != "process"}
+        tol = np.asarray(ref["tol"])
+        say(f"  reference (tinygrad_gpt): float64 losses {_fmt_losses(ref['exact'])}; float32 spread over "
+            f"{len(ref['runs32'])} runs {np.abs(np.subtract(ref['runs32'], ref['exact'])).max():.1e}; "
+            f"tolerance {tol[0]:.1e} (step 1), {tol[1:].max() if len(tol) > 1 else tol[0]:.1e} (after)")
+    else:
+        ref = dict(res["reference"], process=None)
+    _check(procs, res, ref, batches, bc)
+
+    _, errors = take_turns(procs, 1, 0.0, lambda n, p: p.call("steps", n=bc.warmup)["samples"])
+    got, errors2 = take_turns({n: p for n, p in procs.items() if n not in errors}, bc.rounds, settings.settle_s,
+                              lambda n, p: p.call("steps", n=bc.block)["samples"])
     errors.update(errors2)
     for name, why in errors.items():
         res["errors"][name] = f"timing: {why}"
         res["engines"].pop(name, None)
+        samples.pop(name, None)
         procs.pop(name).close()
-    for name, samples in steps.items():
-        if name not in res["engines"]:
-            continue
-        d = protocol.summarize(samples)
-        d["tokens_per_s"] = bc.tokens / (d["median_ms"] / 1e3)
-        d["achieved_gflops"] = res["flops"]["total"] / (d["median_ms"] / 1e3) / 1e9
-        res["engines"][name]["step"] = d
-        res["engines"][name]["step_samples_ms"] = [s * 1e3 for s in samples]
-        say(f"  {name:20s} step {d['median_ms']:10.2f} ms  (IQR {d['q1_ms']:.2f}-{d['q3_ms']:.2f}, n={d['n']})")
+    for name, s in got.items():
+        if name in procs:
+            samples.setdefault(name, []).extend(s)
+            d = protocol.summarize(s)
+            say(f"  {name:20s} step {d['median_ms']:10.2f} ms  (IQR {d['q1_ms']:.2f}-{d['q3_ms']:.2f}, n={d['n']})")
 
-    if settings.layers:
+    if first and settings.layers:
         with_layers = {n: p for n, p in procs.items() if p.info.get("layers")}
         for layer in engines.LAYERS:
             got, errs = take_turns(with_layers, bc.rounds, settings.settle_s, lambda n, p: p.call(
                 "layer", layer=layer, n=settings.layer_samples, min_s=settings.min_sample_s)["samples"])
-            for name, samples in got.items():
-                if samples and name not in errs:
-                    res["engines"][name].setdefault("layers", {})[layer] = protocol.summarize(samples)
+            for name, s in got.items():
+                if s and name not in errs:
+                    res["engines"][name].setdefault("layers", {})[layer] = protocol.summarize(s)
             say(f"  layer {layer:11s} " + "  ".join(f"{n} {protocol.summarize(s)['median_ms']:.3f} ms"
                                                     for n, s in got.items() if s))
-    if settings.blas:
+    if first and settings.blas:
         res["blas_floor"] = blas_floor(procs, bc, settings)
     for name, p in procs.items():
-        try:
-            res["engines"][name]["memory"] = p.call("memory")
-        except EngineError as e:
-            res["engines"][name]["memory"] = {"error": str(e)}
+        if "memory" not in res["engines"][name]:
+            try:
+                res["engines"][name]["memory"] = p.call("memory")
+            except EngineError as e:
+                res["engines"][name]["memory"] = {"error": str(e)}
 
 
 def blas_floor(procs, bc, settings, rounds=None):

@@ -1,7 +1,7 @@
-"""One engine in its own process: `python -m benchmarks.worker ENGINE CONFIG INIT_FILE`, started by benchmarks/runner.py.
+"""One engine in its own process: `python -m benchmarks.worker ENGINE CONFIG INIT_FILE [CPUS]`, started by runner.py.
 
 The coordinator sets the thread variables in this process's environment (protocol.thread_env) before it starts, so
-every library loads with them; this process pins itself to the coordinator's CPUs, imports its engine's libraries,
+every library loads with them; this process pins itself to CPUS (comma-separated), imports its engine's libraries,
 builds the engine from the state dict in INIT_FILE (safetensors) and then answers commands, one JSON object per
 line on stdin, one JSON reply per line on the protocol channel (the original stdout; everything the libraries print
 goes to stderr). Commands:
@@ -18,7 +18,8 @@ goes to stderr). Commands:
     {"cmd": "sampling", "tokens": n}              -> the engine's generation speed
     {"cmd": "matmul", "lib": L, "sizes": [...], "n": n} -> library L's float32 square-matmul rate
     {"cmd": "quit"}
-A failing command replies {"error": "..."} with the last line of its traceback; the process stays up.
+A failing command replies {"error": "..."} with the exception's message (its traceback goes to stderr, which the
+coordinator keeps in a log file); the process stays up.
 """
 import gc
 import json

@@ -54,6 +54,16 @@ def test_check_tolerance_step_one_from_its_own_spread_later_steps_from_the_large
     assert not protocol.check_trajectory([4.0, np.nan, 3.8], exact, tol)["passed"]
 
 
+def test_engine_groups_each_hold_ours_and_torch_fused_and_split_the_rest():
+    from benchmarks.runner import plan_groups
+    names = ["tinygrad_gpt", "tinygrad_gpt-numpy", "torch-fused", "torch-lecture", "jax", "autograd", "tinygrad"]
+    groups = plan_groups(names, 4)
+    assert groups == [["tinygrad_gpt", "torch-fused", "tinygrad_gpt-numpy", "torch-lecture"],
+                      ["tinygrad_gpt", "torch-fused", "jax", "autograd"], ["tinygrad_gpt", "torch-fused", "tinygrad"]]
+    assert plan_groups(names, 0) == [names] and plan_groups(names[:3], 4) == [names[:3]]
+    assert plan_groups(["jax", "autograd", "tinygrad"], 2) == [["jax", "autograd"], ["tinygrad"]]
+
+
 def test_every_registered_engine_names_a_class_of_its_module():
     for name, spec in engines.ENGINES.items():
         path = ROOT / (spec.path.replace(".", "/") + ".py")
@@ -90,7 +100,7 @@ def test_quick_run_times_the_same_math_and_refuses_the_rest(tmp_path):
     for name, e in small["engines"].items():
         assert e["check"]["passed"], name
         assert e["step"]["n"] == 2 * 2 and 0 < e["step"]["min_ms"] <= e["step"]["median_ms"] <= e["step"]["max_ms"]
-        assert 0 < e["step"]["mfu"] < 10 and e["memory"]["process_peak_rss_bytes"] > 0
+        assert np.isfinite(e["step"]["mfu"]) and e["step"]["mfu"] > 0 and e["memory"]["process_peak_rss_bytes"] > 0
     for name in ("tinygrad_gpt", "tinygrad_gpt-numpy", "torch-fused"):
         assert set(small["engines"][name]["layers"]) == set(engines.LAYERS)
     assert small["engines"]["tinygrad_gpt"]["memory"]["tracemalloc_step_bytes"] > 0
