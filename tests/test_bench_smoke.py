@@ -135,8 +135,9 @@ def test_matmul_shapes_times_every_linear_product_in_both_libraries():
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == 5 * 3                       # qkv, attn proj, mlp fc, mlp proj, lm_head; forward, dx, dW
     for row in rows:
-        numbers = [float(c) for c in row.strip("|").split("|")[2:]]
-        assert len(numbers) == 4 and min(numbers) > 0   # ms and GFLOP/s, NumPy and torch
+        numpy_ms, numpy_gf, torch_ms, torch_gf = (float(c) for c in row.strip("|").split("|")[2:])
+        # GFLOP/s are printed as whole numbers: a small product timed on a busy machine rounds to 0
+        assert min(numpy_ms, torch_ms) > 0 and min(numpy_gf, torch_gf) >= 0
     assert "per step (every linear layer, forward and backward): numpy" in proc.stdout
 
 

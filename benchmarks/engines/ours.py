@@ -1,7 +1,8 @@
 """tinygrad_gpt through its plain public API, as a user's loop drives it: GPT(cfg), AdamW(...), then
-opt.zero_grad(); loss.backward(); opt.step(). Nothing process-wide is called (no allocator or thread tuning): the
-step time is what a user's own script gets. The same class is the `tinygrad_gpt-numpy` engine when its process has
-TINYGRAD_GPT_KERNELS=0, and `tinygrad_gpt-cuda` on device cuda.
+opt.zero_grad(); loss.backward(); opt.step(). The benchmark calls nothing process-wide: the library makes its own
+first-use settings (kernels/cpu/setup.py) as it does in a user's script, so the step time is what that script gets.
+The same class is the `tinygrad_gpt-numpy` engine when its process has TINYGRAD_GPT_KERNELS=0, and
+`tinygrad_gpt-cuda` on device cuda.
 """
 import os
 import time
