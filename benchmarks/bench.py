@@ -118,7 +118,7 @@ def main(argv=None):
         if mm:
             results["matmul"] = mm
             runner.say(f"float32 matmul peak: {mm['peak_gflops']:.0f} GFLOP/s (NumPy)")
-        if "torch-fused" in args.engines:
+        if "torch-fused" in args.engines and not args.quick:
             results["matmul_torch"] = runner.one_off("torch-fused", small, settings, "matmul", lib="torch",
                                                      sizes=sizes, n=n)
         if any(engines.spec(n).device == "cuda" for n in args.engines):

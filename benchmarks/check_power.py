@@ -1,6 +1,6 @@
 """How well the same-math check separates rounding from different math (the numbers in benchmarks/README.md).
 
-    python benchmarks/check_power.py                        # small and nanogpt-cpu
+    python benchmarks/check_power.py                        # small, nanogpt-cpu and mid
     python benchmarks/check_power.py --update-readme        # and write the table into benchmarks/README.md
 
 1. False alarms: N float32 runs of tinygrad_gpt from ulp-perturbed copies of the weights, resampled as "the
@@ -93,6 +93,15 @@ def variants():
             "no causal mask": with_loss(lambda p, i, t, L, H: ag.gpt_loss(p, i, t, L, H, causal=False))}
 
 
+def check_tolerance(runs, exact, n_terms, factor):
+    """protocol.check_tolerance with another spread factor."""
+    saved, protocol.SPREAD_FACTOR = protocol.SPREAD_FACTOR, factor
+    try:
+        return protocol.check_tolerance(runs, exact, n_terms)
+    finally:
+        protocol.SPREAD_FACTOR = saved
+
+
 def losses(engine, batches):
     out = []
     for x, y in batches:
@@ -114,10 +123,10 @@ def study(bc, n_runs, trials=4000):
             fails = 0
             for _ in range(trials):
                 pick = rng.permutation(n_runs)
-                tol = protocol.check_tolerance(runs[pick[:r + 1]], exact) / protocol.SPREAD_FACTOR * factor
+                tol = check_tolerance(runs[pick[:r + 1]], exact, bc.tokens, factor)
                 fails += not protocol.check_trajectory(runs[pick[r + 1]], exact, tol)["passed"]
             alarms[(r, factor)] = fails / trials
-    tol = protocol.check_tolerance(runs[:bc.check_runs + 1], exact)
+    tol = protocol.check_tolerance(runs[:bc.check_runs + 1], exact, bc.tokens)
     power = {}
     for name, make in variants().items():
         v = protocol.check_trajectory(losses(make(bc, sd), batches), exact, tol)
@@ -143,7 +152,7 @@ def markdown(results, n_runs):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", nargs="+", default=["small", "nanogpt-cpu"], choices=list(protocol.CONFIGS))
+    ap.add_argument("--configs", nargs="+", default=["small", "nanogpt-cpu", "mid"], choices=list(protocol.CONFIGS))
     ap.add_argument("--runs", type=int, default=40, help="perturbed float32 runs per config [40]")
     ap.add_argument("--update-readme", action="store_true")
     args = ap.parse_args(argv)

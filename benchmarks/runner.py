@@ -209,7 +209,7 @@ def reference_trajectory(procs, bc, init, batches, settings):
         if own:
             ref.close()
     runs32 = [ours32["losses"]] + spread["runs"]
-    tol = protocol.check_tolerance(runs32, spread["exact"])
+    tol = protocol.check_tolerance(runs32, spread["exact"], bc.tokens)
     return {"exact": spread["exact"], "ours32": ours32, "runs32": runs32, "tol": tol.tolist(),
             "spread_factor": protocol.SPREAD_FACTOR, "process": None if own else ref}
 

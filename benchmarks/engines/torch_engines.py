@@ -3,6 +3,7 @@ torch.compile, and torch.optim.AdamW with its default implementation; optimizer.
 loss.backward(), optimizer.step(). Its thread count comes from OMP_NUM_THREADS, set in every engine process's
 environment (torch reads it when it loads; nothing is called at run time).
 """
+import re
 import time
 import types
 
@@ -29,8 +30,8 @@ class TorchEngine:
             self.blas = None
 
     def versions(self):
-        blas = next((line.strip() for line in torch.__config__.show().splitlines() if "BLAS_INFO" in line), "")
-        out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "build": blas}
+        blas = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
+        out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": blas.group(1) if blas else "?"}
         if self.device.type == "cuda":
             out["allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
         return out
