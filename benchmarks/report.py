@@ -22,6 +22,10 @@ def mib(n):
     return "" if n is None else f"{n / 2 ** 20:,.1f} MiB"
 
 
+def threads(meta):
+    return f"{meta['threads']} thread" + ("s" if meta["threads"] != 1 else "")
+
+
 def engine_order(results):
     """Every engine seen in the run, in the registry's order (user engines last)."""
     seen = {n for c in results["configs"].values()
@@ -53,7 +57,7 @@ def markdown(results):
     m = meta["machine"]
     L = [f"# tinygrad_gpt benchmarks ({'quick run' if meta['quick'] else 'full run'})", "",
          f"{meta['date']} · {m['cpu']} · {m.get('usable_cpus', '?')} usable cores · load average at start "
-         f"{meta['loadavg_start']}, at end {meta.get('loadavg_end')} · {meta['threads']} threads per engine · "
+         f"{meta['loadavg_start']}, at end {meta.get('loadavg_end')} · {threads(meta)} per engine · "
          f"{versions_line(results)}", ""]
     if meta.get("busy"):
         L += [f"**Warning: {meta['busy']}**", ""]
@@ -211,9 +215,14 @@ def speed_table(results):
             else:
                 cells.append("")
         L.append(f"| {name} | {library_version(results, name)} | " + " | ".join(cells) + " |")
+    for lib in ("numpy", "torch"):
+        floors = [c.get("blas_floor", {}).get(lib) for _, c in configs]
+        if any(floors):
+            L.append(f"| *BLAS floor: {lib}'s linear-layer matmuls alone* | | " +
+                     " | ".join(ms(f["per_step_ms"]) if f else "" for f in floors) + " |")
     meta = results["meta"]
     L += ["", f"Median ms per training step (forward, backward, AdamW), in parentheses the ratio to torch eager fused "
-          f"measured in the same run; {meta['threads']} threads per engine, each engine in its own process, the "
+          f"measured in the same run; {threads(meta)} per engine, each engine in its own process, the "
           f"engines taking turns ({'quick run' if meta['quick'] else 'full run'} of {meta['date'][:10]}, load average "
           f"{meta['loadavg_start'][0]} at start; numpy {meta['machine']['numpy']})."]
     return "\n".join(L)
@@ -243,7 +252,7 @@ def chart(results, path):
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
         ax.set_title(f"{cname}\n{c['shape']}", fontsize=9)
         ax.set_ylabel("ms per training step (median, log scale)")
-    fig.suptitle(f"Training step, {results['meta']['threads']} threads, one process per engine (lower is better)",
+    fig.suptitle(f"Training step, {threads(results['meta'])}, one process per engine (lower is better)",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
