@@ -33,11 +33,14 @@ def test_model_flops_formula_on_the_lecture_config():
     assert f["total"] == 6 * n_mm * B * T + 12 * L * B * T * T * C
 
 
-def test_perturbed_moves_every_weight_one_ulp_both_ways():
+def test_perturbed_scales_every_weight_up_or_down_by_the_perturbation():
     w = {"a": np.random.default_rng(0).standard_normal((50, 40)).astype(np.float32)}
     p = protocol.perturbed(w, seed=1)["a"]
-    up, down = p == np.nextafter(w["a"], np.inf), p == np.nextafter(w["a"], -np.inf)
-    assert p.dtype == np.float32 and np.all(up | down) and up.any() and down.any()
+    rel = p.astype(np.float64) / w["a"] - 1                          # +-2^-20, to within float32 rounding (2^-24)
+    assert p.dtype == np.float32
+    np.testing.assert_allclose(np.abs(rel), protocol.PERTURBATION, atol=2.0 ** -23)
+    assert (rel > 0).any() and (rel < 0).any()
+    assert np.array_equal(p, protocol.perturbed(w, seed=1)["a"]) and not np.array_equal(p, protocol.perturbed(w, 2)["a"])
 
 
 def test_check_tolerance_step_one_from_its_own_spread_later_steps_from_the_largest():
