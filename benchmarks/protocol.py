@@ -36,7 +36,7 @@ class BenchConfig:
     rounds: int = 5
     block: int = 4
     check_steps: int = 5
-    check_runs: int = 8
+    check_runs: int = 16
     group: int = 0
 
     def gpt_config(self):
@@ -68,7 +68,7 @@ QUICK_CONFIGS = ("small", "nanogpt-cpu")
 def quick_schedule(bc):
     """--quick: enough samples to exercise every path and give rough numbers, not to measure."""
     return dataclasses.replace(bc, warmup=1, rounds=3, block=min(bc.block, 3), check_steps=min(bc.check_steps, 3),
-                               check_runs=min(bc.check_runs, 4))
+                               check_runs=min(bc.check_runs, 8))
 
 
 def make_batch(bc, seed):
