@@ -106,7 +106,8 @@ def markdown(results):
           "From the same initial weights (tinygrad_gpt's `state_dict()`) and the same batches, each engine's loss "
           "over the check's AdamW steps, against tinygrad_gpt's float64 run. Tolerance: "
           f"{results['meta']['spread_factor']}x the float32 spread of tinygrad_gpt's own runs (from the weights and "
-          "from copies moved by one ulp) plus 8 u |loss| (benchmarks/protocol.py, `check_tolerance`).", "",
+          "from copies with every weight scaled by 1 +- 2^-20) plus sqrt(B*T) u |loss| (benchmarks/protocol.py, "
+          "`check_tolerance`; benchmarks/README.md).", "",
           "| config | engine | max abs difference | tolerance (step 1 / later) | verdict |", "|---|---|---:|---:|---|"]
     for cname, c in results["configs"].items():
         tol = c.get("reference", {}).get("tol")

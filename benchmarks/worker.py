@@ -128,7 +128,7 @@ class Worker:
 
     def spread(self, batches, steps, runs):
         """What the same-math check compares with (protocol.check_tolerance): tinygrad_gpt's float64 losses on the
-        check batches, and its float32 losses from `runs` copies of the weights moved by one ulp."""
+        check batches, and its float32 losses from `runs` perturbed copies of the weights (protocol.perturbed)."""
         from benchmarks.engines.ours import TinygradGPT
         data = self.np.load(batches)
 
