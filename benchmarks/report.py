@@ -61,6 +61,8 @@ def markdown(results):
          f"{versions_line(results)}", ""]
     if meta.get("busy"):
         L += [f"**Warning: {meta['busy']}**", ""]
+    if meta.get("note"):
+        L += [meta["note"], ""]
     L += ["Protocol: each engine in its own process (thread variables set before its libraries load, the same "
           f"{meta['threads']} CPUs); the same-math check first; warm-up steps; then rounds in which every engine in "
           "turn runs a block of timed steps while the others wait (an untimed pause before each turn lets the last "
