@@ -23,7 +23,7 @@ class BenchConfig:
     check_steps: AdamW steps of the same-math check.
     check_runs: perturbed float32 runs of the reference that measure the float32 spread (check_tolerance).
     group: at most this many engine processes alive at once (0: all); the engines then alternate in groups, each
-        with tinygrad_gpt and torch-fused (runner.plan_groups). Bounds memory where one step needs gigabytes.
+        with tinygrad_gpt and torch-fused (runner.plan_groups). Bounds memory where a process holds gigabytes.
     """
     name: str
     batch_size: int
@@ -60,7 +60,7 @@ CONFIGS = {
     # ~5 s a step on 2 cores: one step per block, 9 rounds (torch's fused step there has been bimodal from run to run,
     # and fewer samples gave medians anywhere between its two modes)
     "lecture": BenchConfig("lecture", 64, 256, 384, 6, 6, warmup=1, rounds=9, block=1, check_steps=3, check_runs=4,
-                           group=4),
+                           group=3),
 }
 QUICK_CONFIGS = ("small", "nanogpt-cpu")
 

@@ -194,24 +194,22 @@ def take_turns(procs, rounds, settle_s, call):
     return samples, errors
 
 
-def reference_trajectory(procs, bc, init, batches, settings):
-    """Our float32 losses on the check batches (from the weights and from ulp-perturbed copies), the float64 ones,
-    and the tolerance they give (protocol.check_tolerance)."""
-    ref = procs.get(engines.REFERENCE)
-    own = ref is None
-    if own:                                    # not timed this run, but it still defines the check
-        ref = EngineProcess(engines.REFERENCE, bc, init, settings.threads, settings.log_dir)
-        ref.ready()
+def reference_trajectory(bc, init, batches, settings):
+    """Our float32 losses on the check batches (from the weights and from perturbed copies), the float64 ones, and
+    the tolerance they give (protocol.check_tolerance). In a process of its own, closed afterwards: the float64 run
+    doubles a step's memory, and a process keeps much of its peak (on lecture, 5.5 GB where a float32 step's
+    process holds 3)."""
+    ref = EngineProcess(engines.REFERENCE, bc, init, settings.threads, settings.log_dir)
     try:
+        ref.ready()
         ours32 = ref.call("check", batches=batches, steps=bc.check_steps)
         spread = ref.call("spread", batches=batches, steps=bc.check_steps, runs=bc.check_runs)
     finally:
-        if own:
-            ref.close()
+        ref.close()
     runs32 = [ours32["losses"]] + spread["runs"]
     tol = protocol.check_tolerance(runs32, spread["exact"], bc.tokens)
     return {"exact": spread["exact"], "ours32": ours32, "runs32": runs32, "tol": tol.tolist(),
-            "spread_factor": protocol.SPREAD_FACTOR, "process": None if own else ref}
+            "spread_factor": protocol.SPREAD_FACTOR}
 
 
 def plan_groups(names, size):
@@ -248,6 +246,11 @@ def run_config(bc, names, settings):
         res["flops"] = protocol.model_flops(bc, n_params)
         say(f"config {bc.name}: {bc.describe()} (check {bc.check_steps} steps, warm-up {bc.warmup}, "
             f"{bc.rounds} rounds x {bc.block} steps" + (f", {len(groups)} groups" if len(groups) > 1 else "") + ")")
+        ref = res["reference"] = reference_trajectory(bc, init, batches, settings)
+        tol = np.asarray(ref["tol"])
+        say(f"  reference (tinygrad_gpt): float64 losses {_fmt_losses(ref['exact'])}; float32 spread over "
+            f"{len(ref['runs32'])} runs {np.abs(np.subtract(ref['runs32'], ref['exact'])).max():.1e}; "
+            f"tolerance {tol[0]:.1e} (step 1), {tol[1:].max() if len(tol) > 1 else tol[0]:.1e} (after)")
         for i, group in enumerate(groups):
             group = [n for n in group if n not in res["failed_check"] and n not in res["errors"]]
             if len(groups) > 1:
@@ -280,9 +283,8 @@ def _check(procs, res, ref, batches, bc):
         if name in res["engines"]:                 # checked in an earlier group
             continue
         p = procs[name]
-        try:                                       # the reference's own check ran in reference_trajectory
-            got = ref["ours32"] if name == engines.REFERENCE and ref["process"] is p else p.call(
-                "check", batches=batches, steps=bc.check_steps)
+        try:
+            got = p.call("check", batches=batches, steps=bc.check_steps)
         except EngineError as e:
             res["errors"][name] = f"check: {e}"
             say(f"  {name}: check failed to run: {e}")
@@ -307,16 +309,7 @@ def _check(procs, res, ref, batches, bc):
 def _run_group(bc, procs, res, init, batches, settings, samples, first):
     """Check, warm up and time one group of engine processes; the first group also times the layers and the BLAS
     floor. Step samples accumulate in `samples` (an engine in several groups pools them)."""
-    if "reference" not in res:
-        ref = reference_trajectory(procs, bc, init, batches, settings)
-        res["reference"] = {k: v for k, v in ref.items() if k != "process"}
-        tol = np.asarray(ref["tol"])
-        say(f"  reference (tinygrad_gpt): float64 losses {_fmt_losses(ref['exact'])}; float32 spread over "
-            f"{len(ref['runs32'])} runs {np.abs(np.subtract(ref['runs32'], ref['exact'])).max():.1e}; "
-            f"tolerance {tol[0]:.1e} (step 1), {tol[1:].max() if len(tol) > 1 else tol[0]:.1e} (after)")
-    else:
-        ref = dict(res["reference"], process=None)
-    _check(procs, res, ref, batches, bc)
+    _check(procs, res, res["reference"], batches, bc)
 
     _, errors = take_turns(procs, 1, 0.0, lambda n, p: p.call("steps", n=bc.warmup)["samples"])
     got, errors2 = take_turns({n: p for n, p in procs.items() if n not in errors}, bc.rounds, settings.settle_s,
