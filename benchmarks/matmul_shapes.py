@@ -81,17 +81,19 @@ def square_rate(lib, sizes, n):
     for size in sizes:
         a = rng.standard_normal((size, size), dtype=np.float32)
         b = rng.standard_normal((size, size), dtype=np.float32)
-        product = lambda: a @ b                                      # noqa: E731
         if lib == "torch":
             import torch
             a, b = torch.from_numpy(a), torch.from_numpy(b)
-        elif lib == "cupy":
+        sync = None
+        if lib == "cupy":
             import cupy
             a, b = cupy.asarray(a), cupy.asarray(b)
+            sync = cupy.cuda.Device().synchronize
 
-            def product():
-                a @ b
-                cupy.cuda.Device().synchronize()
+        def product():
+            a @ b
+            if sync:
+                sync()
         product()
         times = [_sample(product, 0.0) for _ in range(n)]
         flops = 2.0 * size ** 3

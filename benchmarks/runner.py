@@ -154,7 +154,7 @@ def write_inputs(bc, folder):
     return init, batches, sum(v.size for v in sd.values())
 
 
-def start(names, bc, init, settings, extra_env=None):
+def start(names, bc, init, settings):
     """Start every engine's process (they import and build concurrently), then wait for each. Returns
     ({name: EngineProcess}, {name: what is missing to run it}, {name: how building it failed})."""
     procs, skipped, errors = {}, {}, {}
@@ -164,7 +164,7 @@ def start(names, bc, init, settings, extra_env=None):
             skipped[name] = why
             say(f"  skip {name}: {why}")
             continue
-        procs[name] = EngineProcess(name, bc, init, settings.threads, settings.log_dir, extra_env)
+        procs[name] = EngineProcess(name, bc, init, settings.threads, settings.log_dir)
     for name in list(procs):
         try:
             procs[name].ready()
@@ -258,7 +258,7 @@ def run_config(bc, names, settings):
             procs, _, errors = start(group, bc, init, settings)
             res["errors"].update(errors)
             try:
-                _run_group(bc, procs, res, init, batches, settings, samples, first=i == 0)
+                _run_group(bc, procs, res, batches, settings, samples, first=i == 0)
             finally:
                 for p in procs.values():
                     p.close()
@@ -306,7 +306,7 @@ def _check(procs, res, ref, batches, bc):
             f"{verdict['first_step_s']:.2f} s")
 
 
-def _run_group(bc, procs, res, init, batches, settings, samples, first):
+def _run_group(bc, procs, res, batches, settings, samples, first):
     """Check, warm up and time one group of engine processes; the first group also times the layers and the BLAS
     floor. Step samples accumulate in `samples` (an engine in several groups pools them)."""
     _check(procs, res, res["reference"], batches, bc)
