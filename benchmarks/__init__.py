@@ -1,1 +1,2 @@
-"""Benchmarks: tinygrad_gpt against torch (bench.py) and the torch models it is timed against (torch_models.py)."""
+"""The benchmark suite: tinygrad_gpt beside torch and its peers, each engine in its own process (bench.py, runner.py,
+worker.py, engines/), with the BLAS floor (matmul_shapes.py) and data-parallel throughput (ddp_bench.py)."""

@@ -38,7 +38,7 @@ def worker(config, steps, warmup, out):
     import numpy as np
 
     from tinygrad_gpt import distributed
-    from tinygrad_gpt.bench import CONFIGS
+    from benchmarks.protocol import CONFIGS
     from tinygrad_gpt.data import BatchSampler, load_corpus
     from tinygrad_gpt.model import GPT, GPTConfig
     from tinygrad_gpt.optim import AdamW
@@ -136,16 +136,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", nargs="+", default=["small", "nanogpt-cpu"])
     p.add_argument("--ranks", type=int, default=2, help="the data-parallel run's ranks [2]")
-    p.add_argument("--steps", type=int, help="timed steps per run [the config's repeats: small 30, nanogpt-cpu 20, "
-                   "lecture 3]")
-    p.add_argument("--warmup", type=int, help="untimed steps first [the config's: 5, 3, 1]")
+    p.add_argument("--steps", type=int, help="timed steps per run [the benchmark's samples per engine: small 30, "
+                   "nanogpt-cpu 20, mid 10, lecture 9]")
+    p.add_argument("--warmup", type=int, help="untimed steps first [the config's: 5, 3, 2, 1]")
     p.add_argument("--rounds", type=int, default=2, help="alternations of 1-process and N-rank runs [2]")
     p.add_argument("--out", default=str(HERE / "results"), help="results directory (worker: its JSON file)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args.worker, args.steps, args.warmup, args.out)
-    from tinygrad_gpt.bench import CONFIGS
+    from benchmarks.protocol import CONFIGS
 
     import tempfile
     load0 = os.getloadavg()
@@ -154,7 +154,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs:
             runs = {1: [], args.ranks: []}
-            steps = args.steps or CONFIGS[config].repeats
+            steps = args.steps or CONFIGS[config].rounds * CONFIGS[config].block
             warmup = CONFIGS[config].warmup if args.warmup is None else args.warmup
             for r in range(args.rounds):
                 for ranks in (1, args.ranks):

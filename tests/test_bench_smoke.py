@@ -1,12 +1,11 @@
-"""Smoke test of the benchmark suite (benchmarks/bench.py, tinygrad_gpt/bench.py).
+"""The benchmark suite (benchmarks/) and the `tinygrad-gpt bench` command.
 
-Speed goals are benchmarks, never timed unit tests: nothing here compares a time with a threshold. The quick mode runs
-on the small config in a fresh process (the suite pins thread counts globally, which must not leak into other tests)
-and must produce the JSON, markdown and PNG with positive times and ratios, and engines that compute the same loss.
-One thread and minimal repeats keep it short on a busy CI machine.
+Speed goals are benchmarks, never timed unit tests: nothing here compares a time with a threshold. The quick run
+uses the small config, one thread and minimal rounds; it must produce the JSON, markdown, PNG and README table, time
+every engine that computes the same math, and refuse to time one that does not (tests/bench_fake_engines.py).
 """
+import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinygrad_gpt import bench as tb
+from benchmarks import engines, protocol, report
+from tinygrad_gpt import cli
+from tinygrad_gpt.backend import cuda_available
+from tinygrad_gpt.model import GPTConfig, count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
+WRONG = "tests.bench_fake_engines:LectureLearningRate"
+BROKEN = "tests.bench_fake_engines:Unbuildable"
 
 
 def test_model_flops_formula_on_the_lecture_config():
-    f = tb.model_flops(tb.CONFIGS["lecture"])
+    bc = protocol.CONFIGS["lecture"]
+    f = protocol.model_flops(bc, count_parameters(GPTConfig(**bc.gpt_config())))
     B, T, C, L, V = 64, 256, 384, 6, 65
     n_mm = L * (3 * C * C + C * C + 4 * C * C + 4 * C * C) + V * C    # qkv, proj, fc, mlp proj; lm_head
     assert f["n_params"] == 10_788_929                                # the lecture notebook's count (SPEC 2)
@@ -28,66 +33,130 @@ def test_model_flops_formula_on_the_lecture_config():
     assert f["total"] == 6 * n_mm * B * T + 12 * L * B * T * T * C
 
 
-def test_time_interleaved_calls_each_function_warmup_plus_repeats_times():
-    calls = {"a": 0, "b": 0}
+def test_perturbed_scales_every_weight_up_or_down_by_the_perturbation():
+    w = {"a": np.random.default_rng(0).standard_normal((50, 40)).astype(np.float32)}
+    p = protocol.perturbed(w, seed=1)["a"]
+    rel = p.astype(np.float64) / w["a"] - 1                          # +-2^-20, to within float32 rounding (2^-24)
+    assert p.dtype == np.float32
+    np.testing.assert_allclose(np.abs(rel), protocol.PERTURBATION, atol=2.0 ** -23)
+    assert (rel > 0).any() and (rel < 0).any()
+    assert np.array_equal(p, protocol.perturbed(w, seed=1)["a"]) and not np.array_equal(p, protocol.perturbed(w, 2)["a"])
 
-    def make(name):
-        def fn():
-            calls[name] += 1
-        return fn
-    t = tb.time_interleaved({"a": make("a"), "b": make("b")}, warmup=2, repeats=5)
-    assert calls == {"a": 2 + 5, "b": 2 + 5}
-    for timing in t.values():
-        d = timing.to_dict()
-        assert d["repeats"] == 5 and d["min_ms"] <= d["median_ms"] <= d["max_ms"]
+
+def test_check_tolerance_step_one_from_its_own_spread_later_steps_from_the_largest():
+    exact = np.array([4.0, 3.9, 3.8])
+    runs = exact + np.array([[1e-7, 2e-6, -1e-5],                     # the largest spread: 1e-5, at step 3
+                             [-3e-7, 0.0, 1e-6]])
+    tol = protocol.check_tolerance(runs, exact, n_terms=400)
+    floor = 20 * protocol.U32 * exact                                   # sqrt(400) u |loss|
+    k = protocol.SPREAD_FACTOR
+    np.testing.assert_allclose(tol, [k * 3e-7 + floor[0], k * 1e-5 + floor[1], k * 1e-5 + floor[2]], rtol=1e-9)
+    ok = protocol.check_trajectory(exact + tol * 0.99, exact, tol)
+    bad = protocol.check_trajectory(exact + np.array([0, 0, 1.01]) * tol, exact, tol)
+    assert ok["passed"] and not bad["passed"] and bad["worst_step"] == 3
+    assert not protocol.check_trajectory([4.0, np.nan, 3.8], exact, tol)["passed"]
+
+
+def test_engine_groups_each_hold_ours_and_torch_fused_and_split_the_rest():
+    from benchmarks.runner import plan_groups
+    names = ["tinygrad_gpt", "tinygrad_gpt-numpy", "torch-fused", "torch-lecture", "jax", "autograd", "tinygrad"]
+    groups = plan_groups(names, 4)
+    assert groups == [["tinygrad_gpt", "torch-fused", "tinygrad_gpt-numpy", "torch-lecture"],
+                      ["tinygrad_gpt", "torch-fused", "jax", "autograd"], ["tinygrad_gpt", "torch-fused", "tinygrad"]]
+    assert plan_groups(names, 0) == [names] and plan_groups(names[:3], 4) == [names[:3]]
+    assert plan_groups(["jax", "autograd", "tinygrad"], 2) == [["jax", "autograd"], ["tinygrad"]]
+
+
+def test_every_registered_engine_names_a_class_of_its_module():
+    for name, spec in engines.ENGINES.items():
+        path = ROOT / (spec.path.replace(".", "/") + ".py")
+        assert f"class {spec.cls}" in path.read_text(), name
+    assert set(engines.QUICK_ENGINES) <= set(engines.CPU_ENGINES)
+
+
+def test_readmes_hold_the_blocks_the_tools_write():
+    assert report.README_START in (ROOT / "README.md").read_text()          # bench.py --update-readme
+    assert "<!-- check-power:start -->" in (ROOT / "benchmarks" / "README.md").read_text()   # check_power.py
 
 
 @pytest.mark.slow
-def test_quick_run_writes_json_markdown_and_chart(tmp_path):
+def test_quick_run_times_the_same_math_and_refuses_the_rest(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "results"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{report.README_START}\nold table\n{report.README_END}\nafter\n")
+    timed = ["tinygrad_gpt", "tinygrad_gpt-numpy", "torch-fused"]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--configs", "small", "--threads", "1",
-           "--warmup", "1", "--repeats", "2", "--min-sample-ms", "0", "--sample-tokens", "40", "--devices", "cpu",
-           "--out", str(out)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+           "--engines", *timed, "autograd", WRONG, BROKEN, "--rounds", "2", "--block", "2", "--warmup", "1",
+           "--check-steps", "4", "--check-runs", "2", "--layer-samples", "1", "--min-sample-ms", "0", "--settle-ms", "0",
+           "--sample-tokens", "10", "--out", str(out), "--update-readme", str(readme)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     res = json.loads((out / "bench.json").read_text())
     small = res["configs"]["small"]
-    engines = {"tinygrad_gpt-cpu", "torch-fused-cpu", "torch-lecture-cpu"}
-    assert set(small["engines"]) == engines
-    for e in small["engines"].values():
-        assert e["step"]["median_ms"] > 0 and e["step"]["repeats"] == 2
-        assert set(e["layers"]) == set(tb.LAYERS)
-        assert all(t["median_ms"] > 0 for t in e["layers"].values())
-        assert 0 < e["step"]["mfu"] < 10
-    ratios = small["ratios"]
-    assert set(ratios) == {"tinygrad_gpt-cpu / torch-fused-cpu", "tinygrad_gpt-cpu / torch-lecture-cpu"}
-    assert all(np.isfinite(r["step"]) and r["step"] > 0 for r in ratios.values())
-    # same weights, same batch: the three engines compute the same initial loss (float32 rounding apart)
-    assert small["initial_loss_max_abs_diff"] < 1e-4
-    assert small["engines"]["tinygrad_gpt-cpu"]["memory"]["step_peak_bytes"] > 0
+    if importlib.util.find_spec("autograd"):
+        timed.append("autograd")
+    else:
+        assert "autograd" in small["skipped"] and "pip install" in small["skipped"]["autograd"]
+    assert set(small["engines"]) == set(timed)
+    for name, e in small["engines"].items():
+        assert e["check"]["passed"], name
+        assert e["step"]["n"] == 2 * 2 and 0 < e["step"]["min_ms"] <= e["step"]["median_ms"] <= e["step"]["max_ms"]
+        assert np.isfinite(e["step"]["mfu"]) and e["step"]["mfu"] > 0 and e["memory"]["process_peak_rss_bytes"] > 0
+    for name in ("tinygrad_gpt", "tinygrad_gpt-numpy", "torch-fused"):
+        assert set(small["engines"][name]["layers"]) == set(engines.LAYERS)
+    assert small["engines"]["tinygrad_gpt"]["memory"]["tracemalloc_step_bytes"] > 0
+    # the wrong engine ran its check, missed the tolerance, and was not timed; the broken one is reported
+    wrong = small["failed_check"][WRONG]["check"]
+    assert not wrong["passed"] and wrong["diff_at_worst"] > wrong["tol_at_worst"]
+    assert "cannot be built" in small["errors"][BROKEN]
+    # the reference: float32 runs from the weights and two perturbed copies, all within their own tolerance
+    ref = small["reference"]
+    assert np.asarray(ref["runs32"]).shape == (3, 4) and len(ref["exact"]) == len(ref["tol"]) == 4
+    assert set(small["blas_floor"]) == {"numpy", "torch"}
+    assert all(f["per_step_ms"] > 0 and len(f["rows"]) == 15 for f in small["blas_floor"].values())
     assert res["matmul"]["peak_gflops"] > 0
     s = res["sampling"]["tinygrad_gpt"]
     assert s["kv_cache"]["tokens_per_s"] > 0 and s["no_cache"]["tokens_per_s"] > 0
 
     md = (out / "bench.md").read_text()
-    assert "tinygrad-cpu / torch-fused-cpu" in md and "| small | tinygrad-cpu |" in md
+    assert "| small | tinygrad_gpt |" in md and "**failed**" in md and "## Each layer alone" in md
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = readme.read_text()
+    assert table.startswith("before\n") and table.endswith("after\n") and "old table" not in table
+    assert "| tinygrad_gpt |" in table and "| torch-fused |" in table and f"| {WRONG} |" in table
 
 
 @pytest.mark.slow
-def test_matmul_shapes_times_every_linear_product_of_a_step():
+def test_matmul_shapes_times_every_linear_product_in_both_libraries():
     pytest.importorskip("torch")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "matmul_shapes.py"), "--config", "small", "--threads", "1",
-           "--repeats", "1"]
+           "--rounds", "1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and " ms" not in line]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == 5 * 3                       # qkv, attn proj, mlp fc, mlp proj, lm_head; forward, dx, dW
     for row in rows:
         numpy_ms, numpy_gf, torch_ms, torch_gf = (float(c) for c in row.strip("|").split("|")[2:])
         # GFLOP/s are printed as whole numbers: a small product timed on a busy machine rounds to 0
         assert min(numpy_ms, torch_ms) > 0 and min(numpy_gf, torch_gf) >= 0
-    assert "per step (every linear layer, forward and backward): NumPy" in proc.stdout
+    assert "per step (every linear layer, forward and backward): numpy" in proc.stdout
+
+
+def test_cli_bench_times_a_preset(capsys):
+    assert cli.main(["bench", "--preset", "small", "--device", "cpu", "--steps", "2", "--warmup", "1", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["device"] == "cpu" and row["steps"] == 2 and row["batch_size"] == 16 and row["block_size"] == 32
+    assert row["iqr_ms"][0] <= row["step_ms"] <= row["iqr_ms"][1]
+    assert row["tokens_per_s"] == pytest.approx(16 * 32 / row["step_ms"] * 1e3)
+
+
+def test_cli_bench_bad_input_is_one_error_line(capsys):
+    assert cli.main(["bench", "--steps", "0"]) == 2
+    assert cli.main(["bench", "--preset", "huge"]) == 2
+    if not cuda_available():
+        assert cli.main(["bench", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert all(line.startswith("error: ") for line in err) and len(err) == (2 if cuda_available() else 3)
+

@@ -1,4 +1,4 @@
-"""The command line: `tinygrad-gpt train|sample|eval ...` (also `python -m tinygrad_gpt`).
+"""The command line: `tinygrad-gpt train|sample|eval|bench ...` (also `python -m tinygrad_gpt`).
 
 Bad input (a missing or unusable corpus, an impossible config, an output directory holding another run, an unusable
 checkpoint, a prompt or corpus outside the vocabulary, an unavailable device, a malformed duration, a time budget
@@ -105,8 +105,16 @@ def build_parser():
     d.add_argument("--check-sync", type=_int, default=0, metavar="K",
                    help="every K steps verify that all ranks hold bitwise the same parameters (debugging) [off]")
 
-    sub.add_parser("bench", help="time this engine (step, layers, sampling, MFU); see `tinygrad-gpt bench --help`",
-                   add_help=False)
+    b = sub.add_parser("bench", help="time the training step of a preset's model (ms per step, tokens/s)",
+                       description="Time the training step (forward, backward, AdamW) of a preset's model on random "
+                       "tokens, as `train` runs it. The full benchmark suite, against torch and other engines, is "
+                       "benchmarks/bench.py in the repository.",
+                       epilog="example: tinygrad-gpt bench --preset small --steps 50")
+    b.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET, help=f"[{DEFAULT_PRESET}]")
+    b.add_argument("--device", nargs="+", choices=["cpu", "cuda"], help="[cpu, and cuda where a GPU is present]")
+    b.add_argument("--steps", type=_int, default=20, help="timed steps [20]")
+    b.add_argument("--warmup", type=_int, default=3, help="untimed steps first [3]")
+    b.add_argument("--json", action="store_true", help="one JSON object per device instead of the table")
     s = sub.add_parser("sample", help="generate text from a checkpoint, streamed as it comes",
                        description="Generate text from a checkpoint, streamed character by character.",
                        epilog='example: tinygrad-gpt sample --ckpt runs/cpu --prompt "ROMEO:" -n 500 '
@@ -177,6 +185,46 @@ def _eval(args):
     return 0
 
 
+def _bench(args):
+    """Median time of `steps` training steps after `warmup` ones, per device, on a batch of random tokens."""
+    import json
+    import time
+
+    import numpy as np
+
+    from .backend import cuda_available
+    from .model import GPT, GPTConfig
+    from .config import PRESETS
+    from .optim import AdamW
+    if args.steps < 1 or args.warmup < 0:
+        raise _UsageError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+    preset = PRESETS[args.preset]
+    cfg = GPTConfig(vocab_size=65, **{k: preset[k] for k in ("block_size", "n_embd", "n_head", "n_layer", "dropout")})
+    data = np.random.default_rng(0).integers(0, cfg.vocab_size, (preset["batch_size"], cfg.block_size + 1))
+    x, y = data[:, :-1], data[:, 1:]                               # (B, T) each
+    for device in args.device or (["cpu", "cuda"] if cuda_available() else ["cpu"]):
+        model = GPT(cfg, device=device)
+        opt = AdamW(model.parameters(), lr=preset["lr"])
+        times = []
+        for i in range(args.warmup + args.steps):
+            t0 = time.perf_counter()
+            _, loss = model(x, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss.item()                                            # waits for a GPU's queued work
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+        q1, med, q3 = np.percentile(np.array(times) * 1e3, [25, 50, 75])
+        row = {"device": device, "preset": args.preset, "batch_size": preset["batch_size"],
+               "block_size": cfg.block_size, "step_ms": med, "iqr_ms": [q1, q3],
+               "tokens_per_s": preset["batch_size"] * cfg.block_size / med * 1e3, "steps": args.steps}
+        print(json.dumps(row) if args.json else
+              f"{args.preset} on {device}: {med:.2f} ms per step (IQR {q1:.2f}-{q3:.2f}, {args.steps} steps), "
+              f"{row['tokens_per_s']:,.0f} tokens/s")
+    return 0
+
+
 def _error(message, code, exc=None):
     """Print the one-line error and return the exit status. Data-parallel: an error of this rank alone (not
     marked all_ranks) ends the whole job; one that every rank met is printed by rank 0 only."""
@@ -203,12 +251,9 @@ def main(argv=None):
     from .rundir import SaveFailed
     from .train import TrainingDiverged
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:              # the benchmark has its own options (tinygrad_gpt/bench.py)
-        from .bench import main as bench_main
-        return bench_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
-        return {"train": _train, "sample": _sample, "eval": _eval}[args.command](args)
+        return {"train": _train, "sample": _sample, "eval": _eval, "bench": _bench}[args.command](args)
     except _UsageError as e:
         return _error(e, EXIT_USAGE)
     except SystemExit as e:                # --help

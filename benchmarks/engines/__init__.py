@@ -1,0 +1,107 @@
+"""The engines the suite times, each the same GPT training step (SPEC sections 1-3, dropout 0) written the way a user
+of that library would write it, and the registry that says where each lives and what it needs.
+
+Each engine runs in its own process (benchmarks/worker.py), which imports only that engine's libraries. An engine
+is a class built as `Engine(bc, state_dict, device)` from a BenchConfig and the SPEC-named float32 state dict every
+engine starts from; it has:
+
+    name                         the registry name
+    versions() -> dict           library versions and settings, for the report
+    load_batch(x, y)             host int64 (B, T) arrays -> the engine's own form (kept for the next steps)
+    step() -> loss               one training step on the loaded batch: zero grads, forward, loss, backward, AdamW;
+                                 returns the loss before the update, in the engine's own form
+    sync()                       wait for queued work (engines that run asynchronously; else nothing)
+    loss_float(loss) -> float
+
+and optionally
+    layer_fns(x, dout) -> {layer: fn}   forward + backward of each layer alone on (B, T, C) float32 inputs (LAYERS)
+    blas                          "numpy" or "torch": the library whose matmuls the BLAS floor times in this process
+    sampling(n_tokens) -> dict    tokens/s of generation from a one-token prompt
+    tracemalloc = True            its allocations are NumPy's, which tracemalloc sees
+
+A user-supplied engine is named "module:Class" on the command line (the module importable from the repository
+root, e.g. a file in benchmarks/): it gets the same check and timing as the built-in ones.
+"""
+import dataclasses
+import importlib.util
+import os
+import shutil
+
+LAYERS = ("embedding", "layernorm", "attention", "mlp", "lm_head+ce", "adamw")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    module: str                   # under benchmarks.engines, or a full module path for a user engine
+    cls: str
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    env: dict = dataclasses.field(default_factory=dict)          # set in the engine's process before it starts
+    requires: tuple = ()          # importable modules it needs
+    install: str = ""             # how to get them
+    device: str = "cpu"
+    what: str = ""                # one line for the report
+
+    @property
+    def path(self):
+        return self.module if "." in self.module else f"benchmarks.engines.{self.module}"
+
+
+PEERS_INSTALL = 'pip install -e ".[peers]"'
+ENGINES = {
+    "tinygrad_gpt": Spec("ours", "TinygradGPT", requires=("tinygrad_gpt",),
+                         what="this engine as installed (compiled kernels on)"),
+    "tinygrad_gpt-numpy": Spec("ours", "TinygradGPT", env={"TINYGRAD_GPT_KERNELS": "0"}, requires=("tinygrad_gpt",),
+                               what="this engine with TINYGRAD_GPT_KERNELS=0: the plain NumPy twins"),
+    "torch-fused": Spec("torch_engines", "TorchEngine", {"form": "fused"}, requires=("torch",),
+                        install='pip install -e ".[bench]"',
+                        what="torch eager, one qkv Linear and scaled_dot_product_attention (torch_models.FusedGPT)"),
+    "torch-lecture": Spec("torch_engines", "TorchEngine", {"form": "lecture"}, requires=("torch",),
+                          install='pip install -e ".[bench]"',
+                          what="torch eager, the lecture's model: one Head module per head (torch_models.LectureGPT)"),
+    "torch-compile": Spec("torch_engines", "TorchEngine", {"form": "fused", "compile": True}, requires=("torch",),
+                          install='pip install -e ".[bench]" (and a C++ compiler for inductor)',
+                          what="torch.compile of the fused model (inductor, C++/OpenMP on the CPU); AdamW eager"),
+    "jax": Spec("jax_gpt", "JaxGPT", requires=("jax",), install=PEERS_INSTALL,
+                what="JAX: the whole step, AdamW included, under one jax.jit (XLA on the CPU)"),
+    "tinygrad": Spec("tinygrad_peer", "TinygradPeer", env={"DEV": "CPU"}, requires=("tinygrad",),
+                     install=PEERS_INSTALL + " and a clang on PATH (apt-get install clang)",
+                     what="tinygrad's CPU device, the whole step under TinyJit, tinygrad.nn.optim.AdamW"),
+    "autograd": Spec("autograd_gpt", "AutogradGPT", requires=("autograd",), install=PEERS_INSTALL,
+                     what="HIPS autograd: NumPy code differentiated by tracing, AdamW in NumPy"),
+    "tinygrad_gpt-cuda": Spec("ours", "TinygradGPT", requires=("tinygrad_gpt", "cupy"), device="cuda",
+                              install='pip install -e ".[gpu]"', what="this engine on CuPy (numba.cuda kernels)"),
+    "torch-fused-cuda": Spec("torch_engines", "TorchEngine", {"form": "fused"}, requires=("torch",), device="cuda",
+                             what="torch eager fused on CUDA"),
+    "torch-lecture-cuda": Spec("torch_engines", "TorchEngine", {"form": "lecture"}, requires=("torch",),
+                               device="cuda", what="torch eager, the lecture's model, on CUDA"),
+}
+CPU_ENGINES = tuple(n for n, s in ENGINES.items() if s.device == "cpu")
+CUDA_ENGINES = tuple(n for n, s in ENGINES.items() if s.device == "cuda")
+QUICK_ENGINES = ("tinygrad_gpt", "tinygrad_gpt-numpy", "torch-fused", "torch-lecture")
+REFERENCE = "tinygrad_gpt"       # the torch-free engine whose trajectories define the same-math check
+TORCH_BASELINE = "torch-fused"   # the ratios' denominator
+
+
+def spec(name):
+    """The Spec of a registry name or of a user engine "module:Class"."""
+    if name in ENGINES:
+        return ENGINES[name]
+    if ":" in name:
+        module, cls = name.split(":", 1)
+        return Spec(module, cls, what=f"user engine {name}")
+    raise KeyError(f"unknown engine {name!r} (known: {', '.join(ENGINES)}; or module:Class)")
+
+
+def missing(name):
+    """Why this engine cannot run here (a missing package or tool), or None. Only looks, imports nothing."""
+    s = spec(name)
+    for mod in s.requires:
+        if importlib.util.find_spec(mod) is None:
+            return f"{mod} is not installed ({s.install or 'see benchmarks/README.md'})"
+    if name == "tinygrad":
+        cc = os.environ.get("CC", "clang")
+        if shutil.which(cc) is None:
+            return f"tinygrad's CPU device compiles its kernels with {cc}, not found on PATH (apt-get install clang)"
+    if name == "torch-compile" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+        return "torch.compile's CPU code generator needs a C++ compiler on PATH (apt-get install g++)"
+    return None

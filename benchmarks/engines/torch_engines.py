@@ -1,0 +1,112 @@
+"""torch, as the lecture's training loop drives it: the model (torch_models.FusedGPT or LectureGPT), optionally under
+torch.compile, and torch.optim.AdamW with its default implementation; optimizer.zero_grad(set_to_none=True),
+loss.backward(), optimizer.step(). Its thread count comes from OMP_NUM_THREADS, set in every engine process's
+environment (torch reads it when it loads; nothing is called at run time).
+"""
+import re
+import time
+import types
+
+import torch
+
+from benchmarks.torch_models import MODELS
+
+
+class TorchEngine:
+    blas = "torch"
+    tracemalloc = False
+
+    def __init__(self, bc, state_dict, device="cpu", form="fused", compile=False):
+        self.bc, self.form, self.compiled = bc, form, compile
+        self.device = torch.device(device)
+        self.name = f"torch-{'compile' if compile else form}" + ("-cuda" if self.device.type == "cuda" else "")
+        self.model = MODELS[form](types.SimpleNamespace(**bc.gpt_config()))
+        self.model.load_spec_state_dict(state_dict)
+        self.model.to(self.device).train()
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.has_layers = not compile                              # the layers alone are timed eager
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)   # betas, eps, weight decay 0.01: defaults
+        if self.device.type == "cuda":
+            self.blas = None
+
+    def versions(self):
+        blas = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
+        out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": blas.group(1) if blas else "?"}
+        if self.device.type == "cuda":
+            out["allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+        return out
+
+    def load_batch(self, x, y):
+        self.x = torch.from_numpy(x).to(self.device)               # (B, T) int64
+        self.y = torch.from_numpy(y).to(self.device)
+
+    def step(self):
+        self.opt.zero_grad(set_to_none=True)
+        _, loss = self.forward(self.x, self.y)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def loss_float(self, loss):
+        return float(loss.detach())
+
+    def device_memory(self, step):
+        """cuda: torch.cuda.max_memory_allocated during one step above memory_allocated before it."""
+        if self.device.type != "cuda":
+            return None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        return torch.cuda.max_memory_allocated() - before
+
+    def layer_fns(self, x, dout):
+        """Forward + backward of each layer alone, the same layers and inputs as the tinygrad_gpt engine's."""
+        m, bc, dev = self.model.layer_modules(), self.bc, self.device
+        B, T, V = bc.batch_size, bc.block_size, bc.vocab_size
+        x = torch.from_numpy(x).to(dev).requires_grad_()             # (B, T, C)
+        dout = torch.from_numpy(dout).to(dev)                        # (B, T, C)
+        pos = torch.arange(T, device=dev)
+
+        def fwd_bwd(forward, modules, scalar=False):
+            params = [p for mod in modules for p in mod.parameters()]
+
+            def run():
+                x.grad = None
+                for p in params:
+                    p.grad = None
+                out = forward()
+                out.backward(None if scalar else dout)
+            return run
+        self.opt.zero_grad(set_to_none=True)                       # every parameter gets a gradient for AdamW
+        self.model(self.x, self.y)[1].backward()
+        return {
+            "embedding": fwd_bwd(lambda: m["tok_emb"](self.x) + m["pos_emb"](pos), [m["tok_emb"], m["pos_emb"]]),
+            "layernorm": fwd_bwd(lambda: m["layernorm"](x), [m["layernorm"]]),
+            "attention": fwd_bwd(lambda: m["attention"](x), [m["attention"]]),
+            "mlp": fwd_bwd(lambda: m["mlp"](x), [m["mlp"]]),
+            "lm_head+ce": fwd_bwd(lambda: torch.nn.functional.cross_entropy(
+                m["lm_head"](x).view(B * T, V), self.y.view(B * T)), [m["lm_head"]], scalar=True),
+            "adamw": self.opt.step,
+        }
+
+    def sampling(self, n_tokens):
+        """The lecture's generate (no cache; the context slides over the last block_size tokens), batch 1."""
+        if self.form != "lecture":
+            return None
+        torch.manual_seed(0)
+        self.model.eval()
+        prompt = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        self.model.generate(prompt, 4)                             # warm-up
+        t0 = time.perf_counter()
+        self.model.generate(prompt, n_tokens)
+        self.sync()
+        seconds = time.perf_counter() - t0
+        self.model.train()
+        return {"lecture generate (no cache)": {"tokens": n_tokens, "seconds": seconds,
+                                                "tokens_per_s": n_tokens / seconds}}
+
