@@ -270,6 +270,7 @@ np.savez({out!r}, *T._gpt_step(np.float32, steps=2))
 """
 
 
+@pytest.mark.slow                # subprocesses
 @pytest.mark.parametrize("parallel", [True, False])
 def test_the_thread_count_changes_no_bits(tmp_path, parallel):
     """Two AdamW steps (dropout, clipping) with 1 and with 2 threads (numba's and the BLAS's, and the attention's
@@ -342,6 +343,7 @@ STEP = ("import numpy as np, os\nfrom tinygrad_gpt import GPT, GPTConfig\n"
         "before = dict(os.environ)\nm(np.zeros((1, 4), int), np.zeros((1, 4), int))[1].backward()\n")
 
 
+@pytest.mark.slow                # subprocesses
 def test_first_use_tunes_the_allocator_once_and_the_environment_turns_it_off():
     """Importing changes nothing; the first kernel call tunes glibc's allocator (kernels/cpu/setup.py) and leaves
     os.environ alone; TINYGRAD_GPT_TUNE=0 keeps the process as it was."""
@@ -351,6 +353,7 @@ def test_first_use_tunes_the_allocator_once_and_the_environment_turns_it_off():
     assert _python(code, TINYGRAD_GPT_TUNE="0").strip() == "{} True"
 
 
+@pytest.mark.slow                # subprocesses
 def test_kernels_fall_back_to_the_user_cache_when_the_package_is_not_writable(tmp_path):
     """numba caches next to the source when it can, else under the user's cache directory (NUMBA_CACHE_DIR when set).
     Root can write anywhere, so an unwritable package directory is simulated by making numba's in-tree locator
@@ -365,6 +368,7 @@ def test_kernels_fall_back_to_the_user_cache_when_the_package_is_not_writable(tm
     assert int(_python(code, NUMBA_CACHE_DIR=str(tmp_path)).strip()) == first   # reused, nothing new written
 
 
+@pytest.mark.slow                # subprocesses
 def test_without_a_callable_blas_the_kernels_fall_back(tmp_path):
     """Where no cblas_?gemm is found among the loaded libraries (another BLAS, another OS), the linear layers use
     NumPy's matmul with the elementwise kernels and the attention runs its twin: the same step as the twins'."""
