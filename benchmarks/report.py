@@ -228,6 +228,8 @@ def speed_table(results):
           f"measured in the same run; {threads(meta)} per engine, each engine in its own process, the "
           f"engines taking turns ({'quick run' if meta['quick'] else 'full run'} of {meta['date'][:10]}, load average "
           f"{meta['loadavg_start'][0]} at start; numpy {meta['machine']['numpy']})."]
+    if meta.get("note"):
+        L.append(meta["note"])
     if meta.get("busy"):
         L.append(f"**Measured on a busy machine: {meta['busy']}**")
     return "\n".join(L)

@@ -15,28 +15,18 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from cli_support import TINY_MODEL, run, write_corpus
 from tinygrad_gpt import checkpoint as ck
-from tinygrad_gpt.cli import main
-from tinygrad_gpt.data import DATA_DIR, DEFAULT_CORPUS
+from tinygrad_gpt.data import DATA_DIR
 from tinygrad_gpt.model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--batch-size", "4", "--block-size", "16", "--n-embd", "16", "--n-head", "2", "--n-layer", "1",
-        "--eval-iters", "2", "--sample-chars", "20", "--no-progress"]
+TINY = [*TINY_MODEL, "--sample-chars", "20"]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "shakespeare_head.txt"
-    path.write_text(DEFAULT_CORPUS.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
-    return path
-
-
-def run(capsys, *args):
-    """main(args) -> (exit code, stdout, stderr)."""
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def train(capsys, corpus, out, *extra):

@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_support import TINY_MODEL, write_corpus
 from ddp_driver import worst_parameter_difference
-from tinygrad_gpt.data import DEFAULT_CORPUS
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "ddp_driver.py"
@@ -70,9 +70,7 @@ GAMMA = B * T * U                    # Higham's gamma_K for the K = B T terms of
 GAMMA64 = B * T * 2.0 ** -53         # ... in float64
 EQ = dict(batch_size=B, block_size=T, n_embd=32, n_head=2, n_layer=2, dropout=0.0, max_iters=STEPS, lr=LR,
           lr_schedule="constant", warmup_iters=0, grad_clip=1.0, eval_interval=10, eval_iters=2, sample_chars=0)
-TINY = ["--batch-size", "4", "--block-size", "16", "--n-embd", "16", "--n-head", "2", "--n-layer", "1",
-        "--eval-iters", "2", "--sample-chars", "10", "--no-progress", "--lr-schedule", "constant",
-        "--warmup-iters", "0"]
+TINY = [*TINY_MODEL, "--sample-chars", "10", "--lr-schedule", "constant", "--warmup-iters", "0"]
 TIMEOUT = 120                        # no run here should come near this; a hang fails instead of blocking CI
 FAIL_TIMEOUT = 60                    # a failed rank must end the job within this (it takes ~2 s on an idle machine)
 
@@ -115,9 +113,7 @@ def log(run_dir):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "shakespeare_head.txt"
-    path.write_text(DEFAULT_CORPUS.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
-    return path
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 
+from cli_support import TINY_MODEL, run, write_corpus
 from tinygrad_gpt import checkpoint as ck
 from tinygrad_gpt.cli import main
 from tinygrad_gpt.data import DEFAULT_CORPUS
@@ -22,26 +23,18 @@ from tinygrad_gpt.tensor import no_grad
 
 U = 2.0 ** -24
 BATCH = 32                                   # eval's default --batch-size
-TINY = ["--batch-size", "4", "--block-size", "16", "--n-embd", "16", "--n-head", "2", "--n-layer", "1",
-        "--eval-iters", "2", "--sample-chars", "0", "--no-progress"]
+TINY = [*TINY_MODEL, "--sample-chars", "0"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model trained for 30 steps on a 20,000-character slice of tiny Shakespeare."""
     root = tmp_path_factory.mktemp("eval")
-    corpus = root / "shakespeare_head.txt"
-    corpus.write_text(DEFAULT_CORPUS.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    corpus = write_corpus(root)
     out = root / "run"
     assert main(["train", "--data", str(corpus), "--out", str(out), *TINY, "--max-iters", "30",
                  "--eval-interval", "30"]) == 0
     return corpus, out
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def direct(ckpt_dir, text, split):

@@ -426,7 +426,8 @@ def test_residual_in_the_epilogue_equals_a_separate_add_bit_for_bit(sublayer, bi
     rng = np.random.default_rng(7)
     C = 8
     arrays = {"x": rng.standard_normal((2, 5, C)), "r": rng.standard_normal((2, 5, C)),
-              "g": rng.standard_normal((2, 5, C)), "w1": rng.standard_normal((4 * C, C)), "b1": rng.standard_normal(4 * C),
+              "g": rng.standard_normal((2, 5, C)),
+              "w1": rng.standard_normal((4 * C, C)), "b1": rng.standard_normal(4 * C),
               "w2": rng.standard_normal((C, 4 * C) if sublayer == "mlp" else (C, C)), "b2": rng.standard_normal(C)}
 
     def run(fused):

@@ -20,28 +20,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
+from cli_support import TINY_MODEL, run, write_corpus
 import ddp_driver
 from tinygrad_gpt import budget
-from tinygrad_gpt.cli import main
 from tinygrad_gpt.budget import evaluations_between, fit_steps, parse_duration
 from tinygrad_gpt.config import ConfigError
-from tinygrad_gpt.data import DEFAULT_CORPUS
 
-TINY = ["--batch-size", "4", "--block-size", "16", "--n-embd", "16", "--n-head", "2", "--n-layer", "1",
-        "--eval-iters", "2", "--sample-chars", "0", "--no-progress"]
+TINY = [*TINY_MODEL, "--sample-chars", "0"]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "shakespeare_head.txt"
-    path.write_text(DEFAULT_CORPUS.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
-    return path
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def log(run_dir):

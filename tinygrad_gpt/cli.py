@@ -172,7 +172,8 @@ def _train(args):
 def _sample(args):
     from .sample import main_stream, sample
     sample(args.ckpt, prompt=args.prompt, num_chars=args.num_chars, temperature=args.temperature,
-           top_k=args.top_k, seed=args.seed, device=args.device, use_cache=not args.no_cache, stream=main_stream(), window=args.window)
+           top_k=args.top_k, seed=args.seed, device=args.device, use_cache=not args.no_cache, stream=main_stream(),
+           window=args.window)
     return 0
 
 

@@ -42,7 +42,8 @@ INSTALL_HINT = "pip install 'tinygrad_gpt[mpi]' (mpi4py and the mpich wheel), or
 _active = None                             # the DataParallel of this process, once set up
 
 
-ABORT_GRACE_S = 1.0                # see DataParallel.abort (0.3 s still lost the line once, under a loaded full test run)
+ABORT_GRACE_S = 1.0                # see DataParallel.abort (0.3 s still lost the line once, under a loaded
+                                   # full test run)
 
 
 class DistributedError(RuntimeError):

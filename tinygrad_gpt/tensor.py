@@ -130,7 +130,8 @@ def _promote(a, b):
         return a, b.astype(a.dtype)
     if fb and not fa:
         return a.astype(b.dtype), b
-    if a.dtype != b.dtype and (a.ndim == 0) != (b.ndim == 0) and (fa or (a.dtype.kind in "iu" and b.dtype.kind in "iu")):
+    both_int = a.dtype.kind in "iu" and b.dtype.kind in "iu"
+    if a.dtype != b.dtype and (a.ndim == 0) != (b.ndim == 0) and (fa or both_int):
         return (a.astype(b.dtype), b) if a.ndim == 0 else (a, b.astype(a.dtype))
     return a, b
 
@@ -827,7 +828,8 @@ class Tensor:
         try:
             out = xp.where(mask, xp.asarray(value, dtype=self.dtype), self.data)
         except ValueError:
-            raise TensorError(f"masked_fill: mask shape {mask.shape} does not broadcast to shape {self.shape}") from None
+            raise TensorError(f"masked_fill: mask shape {mask.shape} does not broadcast to shape "
+                              f"{self.shape}") from None
         if out.shape != self.shape:
             raise TensorError(f"masked_fill: mask shape {mask.shape} does not broadcast to shape {self.shape}")
         return Tensor._make(out, (self,), lambda g: (xp.where(mask, 0, g).astype(g.dtype, copy=False),),

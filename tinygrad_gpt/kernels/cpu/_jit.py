@@ -4,11 +4,11 @@ compiled twice by numba, serial and parallel, both cached on disk.
 Why two: numba's parallel loops run on its pool of OpenMP threads, which does all of a step's work (the matrix
 products too: kernels/cpu/blas.py). Between kernels its idle threads spin for a while, so handing work to them costs a
 few microseconds; still, a kernel over a few thousand elements is faster on the calling thread. Launchers call
-`kernel.run(work, *args)`: the parallel version when `work` (elements touched) reaches tuning.PARALLEL_WORK, the serial one
-otherwise. The choice depends on the size only, never on the thread count, and every kernel splits its work into
-pieces that do not depend on the thread count and combines partial results in a fixed order: so the bits of a result
-do not depend on how many threads numba has (NUMBA_NUM_THREADS, the cores by default). (The two compilations may
-round differently from each other: LLVM vectorises each on its own.)
+`kernel.run(work, *args)`: the parallel version when `work` (elements touched) reaches tuning.PARALLEL_WORK, the
+serial one otherwise. The choice depends on the size only, never on the thread count, and every kernel splits its
+work into pieces that do not depend on the thread count and combines partial results in a fixed order: so the bits
+of a result do not depend on how many threads numba has (NUMBA_NUM_THREADS, the cores by default). (The two
+compilations may round differently from each other: LLVM vectorises each on its own.)
 
 Floating point: fastmath is limited to reassociation (so row sums vectorise) and contraction (fused multiply-add);
 NaN and infinity keep their IEEE meaning (a diverging loss must still be seen as NaN). A kernel that must repeat its
