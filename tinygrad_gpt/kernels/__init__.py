@@ -73,8 +73,14 @@ def set_enabled(flag, device=None):
     _launchers.clear()
 
 
+def switched_off(variable):
+    """True when the environment variable is set to 0, false, no or off (any case): how TINYGRAD_GPT_KERNELS and
+    TINYGRAD_GPT_TUNE say no."""
+    return os.environ.get(variable, "1").strip().lower() in _OFF
+
+
 def _probe(device):
-    if os.environ.get("TINYGRAD_GPT_KERNELS", "1").strip().lower() in _OFF:
+    if switched_off("TINYGRAD_GPT_KERNELS"):
         return False
     if device == "cpu":
         try:

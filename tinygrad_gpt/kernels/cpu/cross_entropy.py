@@ -7,6 +7,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
+from ._reduce import n_pieces
 from .tuning import ROWS
 from ._math import exp
 
@@ -56,7 +57,7 @@ def cross_entropy_forward(logits, targets):
     if n and (y.min() < 0 or y.max() >= v):                        # the kernel reads z[r, y[r]] unchecked
         raise IndexError(f"cross_entropy: targets must be in [0, {v}), got [{y.min()}, {y.max()}]")
     prob = np.empty_like(z)
-    parts = np.zeros(max(1, -(-n // ROWS)), z.dtype)
+    parts = np.zeros(n_pieces(n), z.dtype)
     if n:
         cross_entropy_fwd.run(z.size, z, y, prob, parts)
     loss = z.dtype.type(parts.sum(dtype=z.dtype) / z.dtype.type(n)) if n else z.dtype.type(np.nan)

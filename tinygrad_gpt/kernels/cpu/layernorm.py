@@ -9,6 +9,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
+from ._reduce import n_pieces, sum_rows
 from .tuning import ROWS
 
 
@@ -68,16 +69,6 @@ def layer_norm_bwd(g, x, mean, rstd, w, dx, dw_part, db_part):
                 dx[i, j] = (g[i, j] * w[j] - s1 - h * s2) * r
 
 
-@kernel
-def sum_rows(parts, out):
-    """out[j] = sum over rows of parts (P, C), in row order."""
-    for j in range(parts.shape[1]):
-        out[j] = parts[0, j]
-    for p in range(1, parts.shape[0]):
-        for j in range(parts.shape[1]):
-            out[j] += parts[p, j]
-
-
 def layer_norm_forward(x, w, b, eps=1e-5):
     """Twin of functional.layer_norm_forward: x (..., C) -> y, cache (x, mean, rstd (..., 1), w)."""
     lead, c = x.shape[:-1], x.shape[-1]
@@ -99,9 +90,8 @@ def layer_norm_backward(g, cache):
     x2 = np.ascontiguousarray(x.reshape(-1, c))
     n = g2.shape[0]
     dx = np.empty_like(g2)
-    pieces = max(1, -(-n // ROWS))
-    dw_part = np.empty((pieces, c), g2.dtype)                      # (pieces, C) partial column sums
-    db_part = np.empty((pieces, c), g2.dtype)
+    dw_part = np.empty((n_pieces(n), c), g2.dtype)                 # (pieces, C) partial column sums
+    db_part = np.empty_like(dw_part)
     layer_norm_bwd.run(g2.size, g2, x2, mean.reshape(-1), rstd.reshape(-1), np.ascontiguousarray(w), dx, dw_part,
                        db_part)
     dw = np.empty(c, g2.dtype)

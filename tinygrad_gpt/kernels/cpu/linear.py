@@ -17,6 +17,7 @@ from numba import prange
 from . import blas
 from ._jit import kernel
 from ._math import tanh
+from ._reduce import n_pieces, sum_rows
 from .tuning import ROWS
 
 _GELU_K = math.sqrt(2.0 / math.pi)
@@ -117,15 +118,6 @@ def column_sums_part(g, db_part):
         for i in range(p * ROWS, min(n, (p + 1) * ROWS)):
             for j in range(d):
                 db_part[p, j] += g[i, j]
-
-
-@kernel
-def sum_rows(parts, out):
-    """out[j] = sum over the rows of parts (P, D), in row order."""
-    out[:] = parts[0]
-    for p in range(1, parts.shape[0]):
-        for j in range(parts.shape[1]):
-            out[j] += parts[p, j]
 
 
 @kernel
@@ -238,7 +230,7 @@ def epilogue_forward(y, b=None, activation=None, residual=None):
 def epilogue_backward(g, saved, activation=None, bias=True):
     """In place on the contiguous g (N, D): g *= act'(.); returns db (D,) (column sums of the result) or None."""
     n, d = g.shape
-    parts = np.empty((max(1, -(-n // ROWS)), d), g.dtype) if bias else None
+    parts = np.empty((n_pieces(n), d), g.dtype) if bias else None
     if activation == "relu":
         relu_bwd.run(g.size, g, saved, parts)
     elif activation == "gelu":

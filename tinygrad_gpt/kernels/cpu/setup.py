@@ -10,9 +10,8 @@ What is not set: thread pools. The kernels run all their work, matrix products i
 numba's threads, and the BLAS runs single-threaded inside them, so no second pool's idle threads spin beside them;
 OpenMP's own default (idle threads spin briefly, then sleep) is what makes the hand-off between kernels cheap.
 """
-import os
-
 from ...backend import tune_host_allocator
+from .. import switched_off
 
 _done = None                   # what configure() applied, once it ran
 
@@ -22,6 +21,6 @@ def configure():
     global _done
     if _done is None:
         _done = {}
-        if os.environ.get("TINYGRAD_GPT_TUNE", "1").strip().lower() not in ("0", "false", "no", "off"):
+        if not switched_off("TINYGRAD_GPT_TUNE"):
             _done["host_allocator"] = tune_host_allocator()
     return _done
