@@ -3,9 +3,10 @@
     python benchmarks/check_power.py                        # small, nanogpt-cpu and mid
     python benchmarks/check_power.py --update-readme        # and write the table into benchmarks/README.md
 
-1. False alarms: N float32 runs of tinygrad_gpt from ulp-perturbed copies of the weights, resampled as "the
-   reference's runs + one more correct engine": how often the extra engine falls outside the tolerance
-   (protocol.check_tolerance) for a few spread factors.
+1. False alarms: N float32 runs of tinygrad_gpt from perturbed copies of the weights (protocol.perturbed: every
+   weight scaled by 1 + 2^-20 or 1 - 2^-20, the sign at random), resampled as "the reference's runs + one more
+   correct engine": how often the extra engine falls outside the tolerance (protocol.check_tolerance) for a few
+   spread factors.
 2. Power: the HIPS autograd engine (the same math as ours) and variants of it with one difference each, run from
    the same weights on the same batches: their largest |loss - exact| over the tolerance.
 Runs in one process (nothing is timed); needs autograd (pip install -e ".[peers]").

@@ -3,9 +3,11 @@
     python benchmarks/ddp_bench.py                         # small and nanogpt-cpu, 1 vs 2 ranks, 2 rounds
     python benchmarks/ddp_bench.py --configs small nanogpt-cpu lecture    # and the lecture shape (~6 min more)
 
-Each measurement is a fresh process (or mpiexec job) with ONE BLAS thread per rank (OMP/OPENBLAS/MKL_NUM_THREADS=1),
-so 2 ranks use the 2 cores of this machine and 1 process uses one: the comparison is "the same per-core engine, one
-core vs two through MPI". The modes alternate round by round (1, N, 1, N, ...) so background load falls on both.
+Each measurement is a fresh process (or mpiexec job) with ONE thread per rank in every library: protocol.thread_env(1)
+sets the BLAS and OpenMP variables and NUMBA_NUM_THREADS (the engine's compiled CPU kernels, its matmuls included, run
+on numba's pool, by default one thread per core). So 2 ranks use the 2 cores of this machine and 1 process uses one:
+the comparison is "the same per-core engine, one core vs two through MPI". The modes alternate round by round
+(1, N, 1, N, ...) so background load falls on both.
 
 Per step (rank 0's clock; the allreduce makes every step a synchronisation point, so it is the job's step time):
     step_ms         sample the batch, forward, backward, AdamW step (including the allreduce)
@@ -30,7 +32,6 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:           # run as a script from a checkout: make tinygrad_gpt importable
     sys.path.insert(0, str(REPO))
 LECTURE_PARAMS = 10_788_929
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
 
 # ---- one measurement (a process, or one rank of an mpiexec job) --------------------------------------------------
@@ -101,10 +102,13 @@ def _isolated(dist, buf, repeats):
 
 # ---- the driver --------------------------------------------------------------------------------------------------
 def env_one_thread():
+    """A measurement's environment: the repository importable, and one thread per rank in every library (the same
+    variables the benchmark's engine processes get, protocol.thread_env)."""
+    from benchmarks.protocol import thread_env
+
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    for v in THREAD_VARS:
-        env[v] = "1"
+    env.update(thread_env(1))
     return env
 
 
@@ -195,7 +199,7 @@ def main(argv=None):
 
 def markdown(results, n):
     m = results["machine"]
-    lines = [f"Data-parallel benchmark: 1 process vs {n} ranks (mpiexec), one BLAS thread per rank, "
+    lines = [f"Data-parallel benchmark: 1 process vs {n} ranks (mpiexec), one thread per rank, "
              f"{m['cpu_count']} CPUs; load average at start {m['loadavg_at_start'][0]}, at end "
              f"{m['loadavg_at_end'][0]} (a shared machine: absolute times are noisy, compare within a row).", "",
              f"| config | params | B x T | 1 process: step ms (IQR) | tokens/s | {n} ranks: step ms (IQR) | tokens/s "

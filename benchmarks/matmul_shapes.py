@@ -20,6 +20,8 @@ if __name__ == "__main__":                    # run as a script from a checkout:
 
 import numpy as np                            # noqa: E402
 
+from benchmarks import protocol               # noqa: E402
+
 _ARRAYS = {}                                  # (config, library) -> the operands, made once per process
 
 
@@ -54,11 +56,9 @@ def _products(bc, lib):
 
 
 def _sample(fn, min_s):
-    """Seconds per call of fn: repeated until a sample lasts min_s (count calibrated on one call)."""
-    t0 = time.perf_counter()
-    fn()
-    once = time.perf_counter() - t0
-    inner = max(1, int(min_s / max(once, 1e-9)) + 1) if min_s > 0 else 1
+    """Seconds per call of fn: repeated until a sample lasts min_s (count calibrated on one call,
+    protocol.calls_per_sample)."""
+    inner = protocol.calls_per_sample(fn, min_s)
     t0 = time.perf_counter()
     for _ in range(inner):
         fn()
@@ -117,7 +117,7 @@ def floor(results):
 def main(argv=None):
     import argparse
 
-    from benchmarks import protocol, runner
+    from benchmarks import runner
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="lecture", choices=sorted(protocol.CONFIGS))
     ap.add_argument("--threads", type=int, default=2)

@@ -1,12 +1,14 @@
 """What every part of the benchmark agrees on: the configs, the batches, the thread settings of an engine's process,
-the statistics of a set of samples, model FLOPs, and the same-math check's tolerance. No engine library is imported
-here (the coordinator process stays light; each engine loads its own libraries in its own process).
+how many calls a timing sample makes, the statistics of a set of samples, model FLOPs, and the same-math check's
+tolerance. No engine library is imported here (the coordinator process stays light; each engine loads its own
+libraries in its own process).
 
 Dimension names: B batch, T block size (sequence length), C n_embd, H n_head, L n_layer, V vocab size.
 """
 import dataclasses
 import os
 import platform
+import time
 
 import numpy as np
 
@@ -102,6 +104,22 @@ def engine_cpus(n):
     if not hasattr(os, "sched_getaffinity"):
         return None
     return sorted(os.sched_getaffinity(0))[:n]
+
+
+# ---- timing ------------------------------------------------------------------------------------------------------
+
+
+def calls_per_sample(fn, min_s, sync=None):
+    """How many calls of fn one timing sample makes so that it lasts at least min_s: a call shorter than that is
+    repeated within the sample (the sample is then the mean per call), which keeps the clock's resolution and the
+    loop's overhead small beside it. Calls fn once, timed (with sync() after it where work is queued asynchronously),
+    to calibrate; that call is the caller's warm-up too, so it is made even when min_s is 0 (then the answer is 1)."""
+    t0 = time.perf_counter()
+    fn()
+    if sync is not None:
+        sync()
+    once = time.perf_counter() - t0
+    return max(1, int(min_s / max(once, 1e-9)) + 1) if min_s > 0 else 1
 
 
 # ---- statistics, FLOPs -------------------------------------------------------------------------------------------

@@ -131,7 +131,8 @@ def markdown(results):
     floors = [(cname, c) for cname, c in results["configs"].items() if c.get("blas_floor")]
     if floors:
         L += ["## The BLAS floor (the linear layers' matmuls alone)", "",
-              "| config | library | floor ms per step | its engine's step ms | floor / step |", "|---|---|---:|---:|---:|"]
+              "| config | library | floor ms per step | its engine's step ms | floor / step |",
+              "|---|---|---:|---:|---:|"]
         for cname, c in floors:
             for lib, f in c["blas_floor"].items():
                 step = c["engines"].get(f["process"], {}).get("step", {}).get("median_ms")

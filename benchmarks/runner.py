@@ -44,7 +44,7 @@ class EngineProcess:
     """An engine's process and its command channel."""
 
     def __init__(self, name, bc, init_file, threads, log_dir, extra_env=None):
-        self.name, self.bc = name, bc
+        self.name = name
         env = dict(os.environ)
         env.update(protocol.thread_env(threads))
         env.update(engines.spec(name).env)
@@ -215,7 +215,10 @@ def reference_trajectory(bc, init, batches, settings):
 def plan_groups(names, size):
     """Split the engines into groups that alternate together (size 0: one group of all). tinygrad_gpt and the
     ratios' denominator, torch-fused, are in every group, so each group measures its engines against them; the
-    others keep the registry's order (the engines with per-layer functions come first, in the first group)."""
+    others keep their order in names, `size` minus the anchors at a time. Only the first group times the layers
+    (_run_group), so an engine with per-layer functions that lands in a later group has none in the report (with
+    the registry's order and lecture's group of 3: tinygrad_gpt-numpy in the first group, torch-lecture in the
+    second)."""
     anchors = [n for n in (engines.REFERENCE, engines.TORCH_BASELINE) if n in names]
     rest = [n for n in names if n not in anchors]
     if not size or len(names) <= size:

@@ -92,11 +92,9 @@ class Worker:
         t_import = time.perf_counter() - t0
         self.bc = protocol.CONFIGS[config_name]
         self.state = load_file(init_file)
-        self.make = lambda: getattr(module, spec.cls)(self.bc, self.state, device=spec.device, **spec.kwargs)
-        self.engine = self.make()
+        self.engine = getattr(module, spec.cls)(self.bc, self.state, device=spec.device, **spec.kwargs)
         self.engine.load_batch(*protocol.make_batch(self.bc, protocol.TIMING_SEED))
-        self.built = {"import_s": t_import, "build_s": time.perf_counter() - t0 - t_import,
-                      "n_params": int(sum(v.size for v in self.state.values()))}
+        self.built = {"import_s": t_import, "build_s": time.perf_counter() - t0 - t_import}
         self.layers = None
 
     def timed_step(self):
@@ -111,11 +109,9 @@ class Worker:
                     layers=getattr(e, "has_layers", hasattr(e, "layer_fns")))
 
     def check(self, batches, steps):
-        """K steps from the initial weights (a fresh engine, which the timing then goes on with)."""
+        """K steps from the initial weights, which the timing then goes on from. The engine is the one __init__
+        built: the coordinator (runner.py) sends check, if at all, before any other command that steps it."""
         data = self.np.load(batches)
-        self.engine = None
-        gc.collect()
-        self.engine = self.make()
         losses, times = [], []
         for i in range(steps):
             self.engine.load_batch(data["x"][i], data["y"][i])
@@ -149,7 +145,7 @@ class Worker:
 
     def layer(self, layer, n, min_s):
         """n samples of one layer's forward + backward; a call shorter than min_s is repeated `inner` times per
-        sample (inner calibrated on a warm-up call) and the sample is the mean per call."""
+        sample (inner calibrated on a warm-up call, protocol.calls_per_sample) and the sample is the mean per call."""
         if self.layers is None:
             if not hasattr(self.engine, "layer_fns"):
                 raise ValueError(f"{self.engine.name} has no per-layer functions")
@@ -159,10 +155,7 @@ class Worker:
             dout = rng.standard_normal(shape, dtype=self.np.float32)       # (B, T, C)
             self.layers = self.engine.layer_fns(x, dout)
         fn = self.layers[layer]
-        t0 = time.perf_counter()
-        fn()
-        self.engine.sync()
-        inner = max(1, int(min_s / max(time.perf_counter() - t0, 1e-9)) + 1) if min_s > 0 else 1
+        inner = self.protocol.calls_per_sample(fn, min_s, self.engine.sync)
         samples = []
         for _ in range(n):
             t0 = time.perf_counter()

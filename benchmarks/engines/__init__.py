@@ -14,18 +14,27 @@ engine starts from; it has:
     loss_float(loss) -> float
 
 and optionally
-    layer_fns(x, dout) -> {layer: fn}   forward + backward of each layer alone on (B, T, C) float32 inputs (LAYERS)
+    layer_fns(x, dout) -> {layer: fn}   forward + backward of each layer alone on (B, T, C) float32 inputs (LAYERS);
+                                 fwd_bwd below makes such a fn
+    has_layers                    False to leave the layers untimed although layer_fns exists (torch-compile: its
+                                 layers alone would run eager); default: whether layer_fns exists
     blas                          "numpy" or "torch": the library whose matmuls the BLAS floor times in this process
-    sampling(n_tokens) -> dict    tokens/s of generation from a one-token prompt
+    sampling(n_tokens) -> dict    tokens/s of generation from a one-token prompt (time_generate below times one way)
+    device_memory(step) -> bytes  accelerator memory one call of step() needs above what is in use before it, or None
+                                 where the engine runs on the CPU
     tracemalloc = True            its allocations are NumPy's, which tracemalloc sees
 
 A user-supplied engine is named "module:Class" on the command line (the module importable from the repository
 root, e.g. a file in benchmarks/): it gets the same check and timing as the built-in ones.
+
+This module imports only the standard library: the coordinator and every engine's process import it, and an engine
+process has only its own engine's libraries.
 """
 import dataclasses
 import importlib.util
 import os
 import shutil
+import time
 
 LAYERS = ("embedding", "layernorm", "attention", "mlp", "lm_head+ce", "adamw")
 
@@ -105,3 +114,35 @@ def missing(name):
     if name == "torch-compile" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
         return "torch.compile's CPU code generator needs a C++ compiler on PATH (apt-get install g++)"
     return None
+
+
+# ---- helpers for the engines' optional parts ---------------------------------------------------------------------
+
+
+def fwd_bwd(x, dout, forward, params, scalar=False):
+    """One layer's timed call for layer_fns: clear the gradients of the input x and of params (each call starts as
+    the first did, nothing accumulates), run forward() and back-propagate dout (B, T, C) from its output; scalar:
+    the output is a loss, back-propagated from 1. x, params and the output are tensors of the engine's library with
+    a writable .grad and .backward(gradient or None) (tinygrad_gpt's Tensor, torch.Tensor)."""
+    params = list(params)                  # a generator (torch's Module.parameters()) would be spent after one call
+
+    def run():
+        x.grad = None
+        for p in params:
+            p.grad = None
+        out = forward()
+        out.backward(None if scalar else dout)
+    return run
+
+
+def time_generate(generate, n_tokens, sync):
+    """Generation speed for sampling(): generate(n) makes n tokens. One short call warms up (first-use compilation,
+    caches), then one call of n_tokens is timed; sync() waits for queued device work (a no-op on the CPU) before
+    the clock starts and before it stops, so the timed call's work is counted and the warm-up's is not."""
+    generate(4)
+    sync()
+    t0 = time.perf_counter()
+    generate(n_tokens)
+    sync()
+    seconds = time.perf_counter() - t0
+    return {"tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / seconds}

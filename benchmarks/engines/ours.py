@@ -5,11 +5,11 @@ The same class is the `tinygrad_gpt-numpy` engine when its process has TINYGRAD_
 `tinygrad_gpt-cuda` on device cuda.
 """
 import os
-import time
 
 import numpy as np
 
 import tinygrad_gpt
+from benchmarks.engines import fwd_bwd, time_generate
 from tinygrad_gpt import AdamW, GPT, GPTConfig, Tensor, no_grad
 from tinygrad_gpt import functional as F
 from tinygrad_gpt.backend import get_device
@@ -70,25 +70,17 @@ class TinygradGPT:
         dout = xp.asarray(dout)                                    # (B, T, C)
         idx, tgt = xp.asarray(self.x), xp.asarray(self.y)          # (B, T)
         blk = m.blocks[0]
-
-        def fwd_bwd(forward, params, scalar=False):
-            def run():
-                x.grad = None
-                for p in params:
-                    p.grad = None
-                out = forward()
-                out.backward(None if scalar else dout)
-            return run
         _, loss = m(self.x, self.y)                                # every parameter gets a gradient for AdamW
         self.opt.zero_grad()
         loss.backward()
         return {
-            "embedding": fwd_bwd(lambda: F.embedding(idx, m.tok_emb.weight, m.pos_emb.weight),
+            "embedding": fwd_bwd(x, dout, lambda: F.embedding(idx, m.tok_emb.weight, m.pos_emb.weight),
                                  [m.tok_emb.weight, m.pos_emb.weight]),
-            "layernorm": fwd_bwd(lambda: blk.ln1(x), blk.ln1.parameters()),
-            "attention": fwd_bwd(lambda: blk.attn(x), blk.attn.parameters()),
-            "mlp": fwd_bwd(lambda: blk.mlp(x), blk.mlp.parameters()),
-            "lm_head+ce": fwd_bwd(lambda: F.cross_entropy(m.lm_head(x), tgt), m.lm_head.parameters(), scalar=True),
+            "layernorm": fwd_bwd(x, dout, lambda: blk.ln1(x), blk.ln1.parameters()),
+            "attention": fwd_bwd(x, dout, lambda: blk.attn(x), blk.attn.parameters()),
+            "mlp": fwd_bwd(x, dout, lambda: blk.mlp(x), blk.mlp.parameters()),
+            "lm_head+ce": fwd_bwd(x, dout, lambda: F.cross_entropy(m.lm_head(x), tgt), m.lm_head.parameters(),
+                                  scalar=True),
             "adamw": self.opt.step,
         }
 
@@ -101,12 +93,9 @@ class TinygradGPT:
         with no_grad():
             for mode, cache, window in (("kv_cache", True, "shift"), ("no_cache", False, "shift"),
                                         ("kv_cache_slide", True, "slide"), ("no_cache_slide", False, "slide")):
-                self.model.generate(prompt, 4, seed=0, use_cache=cache, window=window)       # warm-up
-                t0 = time.perf_counter()
-                self.model.generate(prompt, n_tokens, seed=0, use_cache=cache, window=window)
-                self.sync()
-                seconds = time.perf_counter() - t0
-                out[mode] = {"tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / seconds}
+                def generate(n):                                   # called at once, in this iteration
+                    return self.model.generate(prompt, n, seed=0, use_cache=cache, window=window)
+                out[mode] = time_generate(generate, n_tokens, self.sync)
         out["speedup"] = out["kv_cache"]["tokens_per_s"] / out["no_cache"]["tokens_per_s"]
         out["speedup_slide"] = out["kv_cache_slide"]["tokens_per_s"] / out["no_cache_slide"]["tokens_per_s"]
         return out

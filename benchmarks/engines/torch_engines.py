@@ -4,11 +4,11 @@ loss.backward(), optimizer.step(). Its thread count comes from OMP_NUM_THREADS, 
 environment (torch reads it when it loads; nothing is called at run time).
 """
 import re
-import time
 import types
 
 import torch
 
+from benchmarks.engines import fwd_bwd, time_generate
 from benchmarks.torch_models import MODELS
 
 
@@ -17,7 +17,7 @@ class TorchEngine:
     tracemalloc = False
 
     def __init__(self, bc, state_dict, device="cpu", form="fused", compile=False):
-        self.bc, self.form, self.compiled = bc, form, compile
+        self.bc, self.form = bc, form
         self.device = torch.device(device)
         self.name = f"torch-{'compile' if compile else form}" + ("-cuda" if self.device.type == "cuda" else "")
         self.model = MODELS[form](types.SimpleNamespace(**bc.gpt_config()))
@@ -72,24 +72,17 @@ class TorchEngine:
         dout = torch.from_numpy(dout).to(dev)                        # (B, T, C)
         pos = torch.arange(T, device=dev)
 
-        def fwd_bwd(forward, modules, scalar=False):
-            params = [p for mod in modules for p in mod.parameters()]
-
-            def run():
-                x.grad = None
-                for p in params:
-                    p.grad = None
-                out = forward()
-                out.backward(None if scalar else dout)
-            return run
+        def layer(forward, modules, scalar=False):
+            """fwd_bwd on x and dout, clearing the gradients of the given modules' parameters."""
+            return fwd_bwd(x, dout, forward, [p for mod in modules for p in mod.parameters()], scalar)
         self.opt.zero_grad(set_to_none=True)                       # every parameter gets a gradient for AdamW
         self.model(self.x, self.y)[1].backward()
         return {
-            "embedding": fwd_bwd(lambda: m["tok_emb"](self.x) + m["pos_emb"](pos), [m["tok_emb"], m["pos_emb"]]),
-            "layernorm": fwd_bwd(lambda: m["layernorm"](x), [m["layernorm"]]),
-            "attention": fwd_bwd(lambda: m["attention"](x), [m["attention"]]),
-            "mlp": fwd_bwd(lambda: m["mlp"](x), [m["mlp"]]),
-            "lm_head+ce": fwd_bwd(lambda: torch.nn.functional.cross_entropy(
+            "embedding": layer(lambda: m["tok_emb"](self.x) + m["pos_emb"](pos), [m["tok_emb"], m["pos_emb"]]),
+            "layernorm": layer(lambda: m["layernorm"](x), [m["layernorm"]]),
+            "attention": layer(lambda: m["attention"](x), [m["attention"]]),
+            "mlp": layer(lambda: m["mlp"](x), [m["mlp"]]),
+            "lm_head+ce": layer(lambda: torch.nn.functional.cross_entropy(
                 m["lm_head"](x).view(B * T, V), self.y.view(B * T)), [m["lm_head"]], scalar=True),
             "adamw": self.opt.step,
         }
@@ -101,12 +94,7 @@ class TorchEngine:
         torch.manual_seed(0)
         self.model.eval()
         prompt = torch.zeros((1, 1), dtype=torch.long, device=self.device)
-        self.model.generate(prompt, 4)                             # warm-up
-        t0 = time.perf_counter()
-        self.model.generate(prompt, n_tokens)
-        self.sync()
-        seconds = time.perf_counter() - t0
+        timed = time_generate(lambda n: self.model.generate(prompt, n), n_tokens, self.sync)
         self.model.train()
-        return {"lecture generate (no cache)": {"tokens": n_tokens, "seconds": seconds,
-                                                "tokens_per_s": n_tokens / seconds}}
+        return {"lecture generate (no cache)": timed}
 
