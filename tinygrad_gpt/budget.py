@@ -123,7 +123,7 @@ def fit_to_budget(trainer, budget_s, t_start, label):
 def _trial_save(trainer):
     """Time one checkpoint and one plot, written to a scratch directory and removed. Returns (save_s, plot_s)."""
     clock = time.perf_counter
-    rng = {"model": trainer.model.rng.bit_generator.state, "batch": trainer.sampler.state}
+    rng = trainer.rng_state(collective=False)                      # runs on the root only
     records = [{"step": 0, "train_loss": 1.0, "val_loss": 1.0}]
     try:
         with trainer.rundir.scratch() as tmp:

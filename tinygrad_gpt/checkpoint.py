@@ -112,8 +112,9 @@ def save(path, model, tokenizer, step, optimizer=None, optimizer_names=None, met
     """Write a checkpoint directory atomically.
 
     model: a GPT; tokenizer: its CharTokenizer; step: optimizer steps done. optimizer: an AdamW whose parameters,
-    in order, are named by `optimizer_names` (default: the model's parameter names). meta: more JSON-serialisable
-    fields to store (RNG states, best_val_loss, train settings, ...).
+    in order, are named by `optimizer_names` (default: the model's parameter names). meta: the training run's fields
+    (RNG states, best_val_loss, train settings, ...), each checked against the meta.json schema below (ValueError
+    for one it does not know or of the wrong type).
     """
     from . import __version__
     path = Path(path)
@@ -422,7 +423,7 @@ def _meta_schema(version):
         "best_val_loss?": _optional(_number()),
         "val_loss?": _optional(_number()),
         "elapsed_s?": _number(0),
-        "train?": _mapping(_scalar),                  # the TrainConfig; train.py checks its fields on resume
+        "train?": _mapping(_scalar),                  # the TrainConfig; config.check_saved_settings checks it
         "data?": _record({"path": _optional(_string), "name": _string, "chars": _integer(0), "sha256": _sha256}),
         "data_parallel?": _record({"ranks": _integer(1), "rows_per_rank": _integer(1)}),
         "budget?": _record({"time": _string, "seconds": _number(0), "from_step": _integer(0),   # budget.py's plan

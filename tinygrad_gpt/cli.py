@@ -152,15 +152,13 @@ def build_parser():
     return p
 
 
-TRAIN_FIELDS = ("data", "out", "device", "seed", "batch_size", "block_size", "n_embd", "n_head", "n_layer",
-                "dropout", "bias", "activation", "max_iters", "lr", "lr_schedule", "warmup_iters", "min_lr",
-                "weight_decay", "beta1", "beta2", "grad_clip", "grad_accum", "eval_interval", "eval_iters",
-                "sample_chars")
-
-
 def _train(args):
+    import dataclasses
+
+    from .config import TrainConfig
     from .train import train
-    overrides = {k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k) is not None}
+    fields = (f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset")   # each has its --flag
+    overrides = {k: getattr(args, k) for k in fields if getattr(args, k, None) is not None}
     if args.check_sync < 0:
         raise _UsageError(f"--check-sync must be >= 0, got {args.check_sync}")
     result = train(preset=args.preset, resume=args.resume, force=args.force, stop_at=args.stop_at,
@@ -194,18 +192,17 @@ def _bench(args):
     import numpy as np
 
     from .backend import cuda_available
-    from .model import GPT, GPTConfig
-    from .config import PRESETS
-    from .optim import AdamW
+    from .config import make_config
+    from .model import GPT
     if args.steps < 1 or args.warmup < 0:
         raise _UsageError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
-    preset = PRESETS[args.preset]
-    cfg = GPTConfig(vocab_size=65, **{k: preset[k] for k in ("block_size", "n_embd", "n_head", "n_layer", "dropout")})
-    data = np.random.default_rng(0).integers(0, cfg.vocab_size, (preset["batch_size"], cfg.block_size + 1))
+    tc = make_config(args.preset)
+    cfg = tc.model_config(vocab_size=65)
+    data = np.random.default_rng(0).integers(0, cfg.vocab_size, (tc.batch_size, cfg.block_size + 1))
     x, y = data[:, :-1], data[:, 1:]                               # (B, T) each
     for device in args.device or (["cpu", "cuda"] if cuda_available() else ["cpu"]):
         model = GPT(cfg, device=device)
-        opt = AdamW(model.parameters(), lr=preset["lr"])
+        opt = tc.optimizer(model.parameters())                     # the preset's AdamW, clipping included
         times = []
         for i in range(args.warmup + args.steps):
             t0 = time.perf_counter()
@@ -217,9 +214,9 @@ def _bench(args):
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
         q1, med, q3 = np.percentile(np.array(times) * 1e3, [25, 50, 75])
-        row = {"device": device, "preset": args.preset, "batch_size": preset["batch_size"],
+        row = {"device": device, "preset": args.preset, "batch_size": tc.batch_size,
                "block_size": cfg.block_size, "step_ms": med, "iqr_ms": [q1, q3],
-               "tokens_per_s": preset["batch_size"] * cfg.block_size / med * 1e3, "steps": args.steps}
+               "tokens_per_s": tc.batch_size * cfg.block_size / med * 1e3, "steps": args.steps}
         print(json.dumps(row) if args.json else
               f"{args.preset} on {device}: {med:.2f} ms per step (IQR {q1:.2f}-{q3:.2f}, {args.steps} steps), "
               f"{row['tokens_per_s']:,.0f} tokens/s")

@@ -1,4 +1,4 @@
-"""Training settings: the presets, TrainConfig and its checks, the learning-rate schedule, time budgets.
+"""Training settings: the presets, TrainConfig and its checks, the learning-rate schedule, resumed runs' settings.
 
 A preset fixes the model and the optimisation; any field can be overridden (CLI: --n-layer 6, --lr 6e-4, ...).
 A resumed run takes its settings from its checkpoint: the training settings may change (max_iters, lr, ...), the
@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from .model import GPTConfig
+from .optim import AdamW
 
 PRESETS = {
     # the lecture notebooks' small baseline (0.21M parameters): val 1.82 after 5000 steps in the lecture
@@ -72,6 +73,11 @@ class TrainConfig:
         return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_embd=self.n_embd,
                          n_head=self.n_head, n_layer=self.n_layer, dropout=self.dropout, bias=self.bias,
                          activation=self.activation)
+
+    def optimizer(self, params):
+        """The AdamW these settings train with (lr, betas, weight decay, gradient clipping)."""
+        return AdamW(params, lr=self.lr, betas=(self.beta1, self.beta2), weight_decay=self.weight_decay,
+                     max_grad_norm=self.grad_clip or None)
 
     def validate(self):
         """Raise ConfigError naming the first impossible setting."""

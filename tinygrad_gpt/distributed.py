@@ -227,7 +227,7 @@ class DataParallel:
             self.allreduce_s += time.perf_counter() - t0
             self.allreduces += 1
         if self.size * parts > 1:
-            buf *= 1.0 / (self.size * parts)                                 # the sum of N means -> their mean
+            buf *= 1.0 / (self.size * parts)                                 # the sum of N x parts means -> their mean
         return float(buf[n]), bool(buf[n + 1] > 0)                          # (reading back waits for the GPU)
 
     def mean(self, values):

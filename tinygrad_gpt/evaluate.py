@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint as ckpt_io
-from .backend import get_device
+from .checkpoint import CheckpointError
 from .data import DataError, load_corpus
+from .sample import load_model
 from .tensor import no_grad
 
 SPLITS = ("val", "train", "all")
@@ -49,7 +49,7 @@ def checkpoint_corpus(ckpt):
     """The corpus file a checkpoint was trained on (None: the packaged tiny Shakespeare)."""
     data = ckpt.meta.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("path"), (str, type(None))):
-        raise ckpt_io.CheckpointError(f"checkpoint {ckpt.path} does not say which corpus it was trained on: "
+        raise CheckpointError(f"checkpoint {ckpt.path} does not say which corpus it was trained on: "
                                       "pass --data FILE")
     path = data["path"]
     if path is not None and not Path(path).exists():
@@ -66,8 +66,7 @@ def evaluate(ckpt_path, data=None, split="val", batch_size=32, device="cpu", pro
         raise EvalError(f"batch size must be a positive integer, got {batch_size!r}")
     if split not in SPLITS:
         raise EvalError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    device = get_device(device)
-    ckpt = ckpt_io.load(ckpt_io.resolve(ckpt_path), with_optimizer=False)
+    model, _, ckpt = load_model(ckpt_path, device)                       # in eval mode
     path = checkpoint_corpus(ckpt) if data is None else data
     corpus = load_corpus(path, tokenizer=ckpt.tokenizer)       # a character outside the vocabulary: DataError
     T = ckpt.config.block_size
@@ -76,8 +75,6 @@ def evaluate(ckpt_path, data=None, split="val", batch_size=32, device="cpu", pro
     if len(x) == 0:
         raise DataError(f"the {split} split of {corpus.name} has {len(ids)} characters: too few for one block of "
                         f"block_size + 1 = {T + 1}")
-    model = ckpt.build_model(device)
-    model.eval()
     from tqdm.auto import tqdm
     total = 0.0                                                            # sum of -ln p over predicted chars
     with no_grad(), tqdm(total=len(x), unit="block", file=sys.stderr, dynamic_ncols=True,

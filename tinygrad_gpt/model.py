@@ -13,7 +13,7 @@ import numpy as np
 from . import functional as F
 from .backend import device_of, get_device, to_host
 from .nn import Dropout, Embedding, Init, LayerNorm, Linear, Module, ShapeOnly
-from .tensor import Tensor, no_grad
+from .tensor import Tensor
 
 
 @dataclasses.dataclass
@@ -247,8 +247,6 @@ class GPT(Module):
         if window not in ("slide", "shift"):
             raise ValueError(f"window must be 'slide' or 'shift', got {window!r}")
         cfg = self.config
-        was_training = self.training
-        self.eval()
         rng = np.random.default_rng(seed)
         tokens = np.asarray(to_host(idx), dtype=np.int64)
         if tokens.ndim != 2 or tokens.shape[1] == 0:
@@ -257,23 +255,20 @@ class GPT(Module):
         keep = cfg.block_size if window == "slide" else max(1, cfg.block_size - max(1, cfg.block_size // 4))
         ctx = tokens[:, -cfg.block_size:]                          # (B, n): what the model attends to now
         cache = None
-        try:
-            with no_grad():
-                for _ in range(max_new_tokens):
-                    if ctx.shape[1] > cfg.block_size:              # window full: keep the most recent tokens
-                        ctx = ctx[:, -keep:]
-                        cache = None                               # positions changed: the cache starts over
-                    if use_cache:
-                        if cache is None:
-                            cache = self.new_cache(ctx.shape[0])
-                        logits, _ = self(ctx[:, cache[0].pos:], cache=cache)   # the tokens not yet cached
-                    else:
-                        logits, _ = self(ctx)                      # (B, n, V)
-                    nxt = sample_next(to_host(logits.data[:, -1]), temperature, top_k, rng)   # (B,)
-                    ctx = np.concatenate([ctx, nxt[:, None]], axis=1)
-                    yield nxt
-        finally:
-            self.train(was_training)
+        with self.evaluating():
+            for _ in range(max_new_tokens):
+                if ctx.shape[1] > cfg.block_size:                  # window full: keep the most recent tokens
+                    ctx = ctx[:, -keep:]
+                    cache = None                                   # positions changed: the cache starts over
+                if use_cache:
+                    if cache is None:
+                        cache = self.new_cache(ctx.shape[0])
+                    logits, _ = self(ctx[:, cache[0].pos:], cache=cache)   # the tokens not yet cached
+                else:
+                    logits, _ = self(ctx)                          # (B, n, V)
+                nxt = sample_next(to_host(logits.data[:, -1]), temperature, top_k, rng)   # (B,)
+                ctx = np.concatenate([ctx, nxt[:, None]], axis=1)
+                yield nxt
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, seed=None, use_cache=True,
                  window="slide"):

@@ -1,9 +1,11 @@
 """Modules: parameters found by walking attributes, train/eval, strict state dicts; the basic layers."""
+import contextlib
+
 import numpy as np
 
 from . import functional as F
 from .backend import get_device, to_device, to_host
-from .tensor import Tensor
+from .tensor import Tensor, no_grad
 
 
 class Module:
@@ -46,6 +48,17 @@ class Module:
 
     def eval(self):
         return self.train(False)
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """Eval mode (no dropout) with no graph built, for the duration; the previous mode is restored after."""
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                yield self
+        finally:
+            self.train(was_training)
 
     def zero_grad(self):
         for p in self.parameters():

@@ -2,7 +2,8 @@
 
     last/        the latest checkpoint (saved at every evaluation, at the end, and on Ctrl-C)
     best/        the checkpoint with the lowest validation loss so far
-    log.jsonl    one JSON object per evaluation: step, train_loss, val_loss, lr, tokens_per_s, elapsed_s, max_iters
+    log.jsonl    one JSON object per evaluation: step, train_loss, val_loss, lr, tokens_per_s, elapsed_s, max_iters,
+                 best_val_loss, and the time budget's plan (`budget`) in the first record after it was made
     loss.png     the loss curves, redrawn at every evaluation
     sample.txt   a sample from the final model
 

@@ -146,13 +146,15 @@ def _as_float(a):
     return a if a.dtype.kind == "f" else a.astype(np.float32)
 
 
-_erf_numpy = None  # the compiled erf ufunc, made on first use (numba is imported only then)
+_erf_numpy = None  # the cpu erf, made by the first _erf call (numba is imported only then) and kept for the process
 
 
 def _erf(x, xp):
     """The error function elementwise, in x's float dtype. NumPy has none: on cpu a ufunc that numba compiles from
-    the C library's erf (math.erf), or math.erf called per element when the kernels are off
-    (TINYGRAD_GPT_KERNELS=0) or numba is missing; on cuda CuPy's own."""
+    the C library's erf (math.erf), or math.erf called per element when the CPU kernels are off
+    (`kernels.enabled("cpu")` false: TINYGRAD_GPT_KERNELS=0, `kernels.set_enabled`, or numba missing). The choice is
+    made on the first call and kept in _erf_numpy: switching the kernels later does not change it. On cuda CuPy's
+    own."""
     global _erf_numpy
     if xp is not np:
         from cupyx.scipy.special import erf

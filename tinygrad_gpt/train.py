@@ -50,9 +50,7 @@ from .budget import fit_to_budget, parse_duration
 from .config import DEFAULT_PRESET, ConfigError, check_saved_settings, make_config, resume_config
 from .data import BatchSampler, default_prompt, fixed_batches, load_corpus
 from .model import GPT
-from .optim import AdamW
 from .rundir import BEST, LAST, RunDir, has_checkpoint
-from .tensor import no_grad
 
 SYNC_EVERY = 25          # GPU: steps between reading the losses back to the host (one synchronisation)
 
@@ -219,8 +217,7 @@ class Trainer:
             except ValueError as e:
                 raise ckpt_io.CheckpointError(f"checkpoint {ckpt.path} does not fit the model: {e}") from None
             rng_note = self._restore_dropout_rng(ckpt)
-        self.opt = AdamW(self.model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2),
-                         weight_decay=tc.weight_decay, max_grad_norm=tc.grad_clip or None)
+        self.opt = tc.optimizer(self.model.parameters())
         if ckpt:
             try:
                 self.opt.load_state_dict(ckpt.optimizer_state(self.names))
@@ -318,7 +315,8 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------------------------------
     def train_step(self):
-        """One optimizer update; returns its mean loss (None on the GPU, where losses are read back later)."""
+        """One optimizer update; returns its mean loss (None on the GPU in one process, where losses are read back
+        later)."""
         t0 = time.perf_counter()
         self.opt.set_lr(self.tc.lr_at(self.step))
         x, y = self.sampler.sample()                                  # (b, T), (b, T): this rank's rows
@@ -392,15 +390,10 @@ class Trainer:
         """Mean loss on each split's fixed batches (in micro-batches, as the training step), in eval mode, building
         no graph; data-parallel, averaged over the ranks. Returns [train, val]."""
         model = self.model
-        was_training = model.training
-        model.eval()
-        try:
-            with no_grad():
-                losses = [float(np.mean([model(xm, ym)[1].item() for x, y in self.eval_sets[split]
-                                         for xm, ym in self._micro_batches(x, y)]))
-                          for split in ("train", "val")]
-        finally:
-            model.train(was_training)
+        with model.evaluating():
+            losses = [float(np.mean([model(xm, ym)[1].item() for x, y in self.eval_sets[split]
+                                     for xm, ym in self._micro_batches(x, y)]))
+                      for split in ("train", "val")]
         if self.dist is not None:
             losses = self.dist.mean(losses)                           # each rank evaluated its rows of each batch
         return losses
@@ -409,13 +402,8 @@ class Trainer:
         """One evaluation forward pass, discarded: the first in eval mode may compile or load kernels of its own."""
         x, y = self.eval_sets["val"][0]
         xm, ym = self._micro_batches(x, y)[0]
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with no_grad():
-                self.model(xm, ym)
-        finally:
-            self.model.train(was_training)
+        with self.model.evaluating():
+            self.model(xm, ym)
 
     def evaluate(self, save=False, losses=None):
         """Losses on the fixed batches (or `losses`, measured already) -> log line, plot, and (save=True) last/ and,
@@ -459,11 +447,19 @@ class Trainer:
             meta["data_parallel"] = {"ranks": self.dist.size, "rows_per_rank": self.tc.batch_size // self.dist.size}
         return meta
 
+    def rng_state(self, collective=True):
+        """The generator states a checkpoint keeps: dropout's and the batch sampler's, and data-parallel every rank's
+        dropout state (gathered: a collective, every rank calls it). collective=False, on one rank only: this rank's
+        state stands in for every rank's (the time budget's trial save, which needs the size, not the values)."""
+        rng = {"model": self.model.rng.bit_generator.state, "batch": self.sampler.state}
+        if self.dist is not None:
+            rng["model_ranks"] = (self.dist.gather(rng["model"]) if collective
+                                  else [rng["model"]] * self.dist.size)
+        return rng
+
     def save(self, name):
         self.sync_losses()                                # never save past a diverged step
-        rng = {"model": self.model.rng.bit_generator.state, "batch": self.sampler.state}
-        if self.dist is not None:                         # every rank's dropout generator (a collective)
-            rng["model_ranks"] = self.dist.gather(rng["model"])
+        rng = self.rng_state()
         self.rundir.save(name, self.model, self.corpus.tokenizer, self.step, self.opt, self.names,
                          self.checkpoint_meta(rng))
         self.saved_step = self.step
