@@ -7,6 +7,7 @@ Hypothesis profiles, registered once here:
 torch is the test oracle only: one thread (deterministic reductions, no oversubscription of small CI machines).
 Its default dtype is left alone; tests that want float64 build their tensors from float64 arrays, or use the
 `torch_float64` fixture.
+The command-line tests' module-scoped `corpus` fixture is here too.
 """
 import os
 
@@ -25,6 +26,14 @@ except ImportError:  # torch is only the oracle; tests that need it import it th
     torch = None
 else:
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The command-line tests' corpus (cli_support.write_corpus), written once per test file; a file may define its
+    own `corpus` fixture instead (test_trajectory.py does)."""
+    from cli_support import write_corpus
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture

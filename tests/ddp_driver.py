@@ -74,7 +74,8 @@ def train_and_record(npz, kw):
         return value
 
     def finish(self, status):
-        params.update({n: np.array(p.data) for n, p in self.model.named_parameters()})
+        # a host copy taken now (Tensor.numpy: CuPy data too; .copy: on cpu it is the parameter's own array)
+        params.update({n: p.numpy().copy() for n, p in self.model.named_parameters()})
         return originals[1](self, status)
     T.Trainer.train_step, T.Trainer.finish, T.GPT = recording, finish, model_class(kw.pop("dtype", "float32"))
     try:
@@ -125,7 +126,7 @@ def simulate(npz, n_ranks, kw):
         opt.step(grad_hook=averaged)
         losses.append(float(total[-1]))
         assert math.isfinite(losses[-1])
-    np.savez(npz, losses=np.array(losses), **{f"p.{k}": np.array(p.data) for k, p in model.named_parameters()})
+    np.savez(npz, losses=np.array(losses), **{f"p.{k}": p.numpy() for k, p in model.named_parameters()})
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ gradients of sum_k (out_k * dout_k).sum() for random upstream gradients `dout_k`
 `assert_errors` asserts one tolerance over them. `check` is the one-line op test built on both: float64, the op
 tolerance TOL, and the second oracle, float64 central differences (`tinygrad_gpt.gradcheck`). `check_or_raise` is
 `check` for argument edge cases: where torch raises, ours must raise an exception of the same type.
+`unit_roundoff`, `tol` and `close` are the kernel tests' bound (kernel against its NumPy twin, see `tol`).
 
 Error measure (per compared array a = ours, b = torch):
     rel_err(a, b, tiny) = max|a - b| / max(max|b|, tiny)
@@ -53,12 +54,36 @@ def rel_err(a, b, tiny=TINY):
     return float(np.max(np.abs(a[fb] - b[fb])) / max(float(np.max(np.abs(b[fb]))), tiny))
 
 
+
+def unit_roundoff(dtype):
+    """u = eps / 2 of a float dtype, the largest relative error of one rounding: 6.0e-8 in float32, 1.1e-16 in
+    float64."""
+    return float(np.finfo(dtype).eps) / 2
+
+
+def tol(dtype, n):
+    """TOL(n) = 8 (n + 8) u: how closely (normwise, as rel_err) a compiled kernel agrees with its NumPy twin
+    (test_cpu_kernels.py, test_kernels_sim.py), n the longest chain of reductions behind the output. Both compute the
+    same formulas, but the kernel sums in another order (vectorised, reassociated, split over threads). A sum of n
+    terms in floating point is off by at most n u sum|terms|, so two orders differ by at most 2 n u sum|terms|, plus
+    a few (< 8) more roundings per output; on O(1) random data sum|terms| / max|output| stays below ~4, hence
+    8 (n + 8) u relative to max|output|."""
+    return 8 * (n + 8) * unit_roundoff(dtype)
+
+
+def close(ours, ref, bound, what="", floor=TINY):
+    """rel_err(ours, ref, floor) <= bound, with the same shape and dtype; `floor` the smallest max|ref| it divides
+    by (see test_cpu_kernels.test_attention); `what` names the array in the messages."""
+    assert np.shape(ours) == np.shape(ref), f"{what}: shape {np.shape(ours)} vs {np.shape(ref)}"
+    assert np.asarray(ours).dtype == np.asarray(ref).dtype, f"{what}: dtype {np.asarray(ours).dtype}"
+    err = rel_err(ours, ref, floor)
+    assert err <= bound, f"{what}: relative error {err:.3g} > {bound:.3g}"
+
 def _as_list(out):
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def compare(ours_fn, torch_fn, inputs, ours_params=None, torch_params=None, *, grad=True, seed=0, floor=TINY,
-            device="cpu"):
+def compare(ours_fn, torch_fn, inputs, ours_params=None, torch_params=None, *, grad=True, seed=0, floor=TINY):
     """Run ours_fn(*Tensors), then torch_fn(*torch tensors), on the same arrays `inputs` (float arrays get gradients,
     integer arrays are passed as they are, to ours as NumPy arrays); compare the outputs (a tensor or a list), then,
     with `grad`, the gradients of sum_k (out_k * dout_k).sum(), dout_k ~ N(0, 1) drawn from `seed`, for every float
@@ -72,7 +97,7 @@ def compare(ours_fn, torch_fn, inputs, ours_params=None, torch_params=None, *, g
     for x in inputs:
         x = np.asarray(x)
         is_float = x.dtype.kind == "f"
-        ours_in.append(Tensor(x.copy(), requires_grad=grad, device=device) if is_float else x.copy())
+        ours_in.append(Tensor(x.copy(), requires_grad=grad) if is_float else x.copy())
         torch_in.append(torch.tensor(x, requires_grad=grad and is_float))
     ours, theirs = _as_list(ours_fn(*ours_in)), _as_list(torch_fn(*torch_in))
     assert len(ours) == len(theirs), f"{len(ours)} outputs, torch gives {len(theirs)}"

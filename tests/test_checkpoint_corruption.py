@@ -14,13 +14,15 @@ import shutil
 
 import pytest
 
+from cli_support import TINY_MODEL, run, write_corpus
 from tinygrad_gpt import budget
 from tinygrad_gpt import checkpoint as ck
 from tinygrad_gpt.cli import main
-from tinygrad_gpt.data import DEFAULT_CORPUS
 
-TINY = ["--batch-size", "4", "--block-size", "8", "--n-embd", "8", "--n-head", "2", "--n-layer", "1",
-        "--dropout", "0.1", "--eval-iters", "1", "--sample-chars", "0", "--no-progress"]
+# cli_support's tiny model made smaller still, T=8 and C=8 (of a repeated flag the later wins), with dropout 0.1, one
+# evaluation batch and no sample
+TINY = [*TINY_MODEL, "--block-size", "8", "--n-embd", "8", "--dropout", "0.1", "--eval-iters", "1",
+        "--sample-chars", "0"]
 FILES = (ck.MODEL_FILE, ck.OPTIM_FILE, ck.META_FILE)
 # top-level fields a training run writes and `train --resume` needs, but sampling does not read
 RUN_ONLY = set(ck.RESUME_FIELDS) - {"optimizer"}
@@ -34,8 +36,7 @@ def pristine(tmp_path_factory):
     (fit_steps pinned to 2 steps: the plan does not depend on this machine's speed) so that its checkpoint holds
     every field a run can write, the budget's plan included."""
     root = tmp_path_factory.mktemp("corruption")
-    corpus = root / "corpus.txt"
-    corpus.write_text(DEFAULT_CORPUS.read_text(encoding="utf-8")[:5_000], encoding="utf-8")
+    corpus = write_corpus(root, chars=5_000)
     run_dir = root / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(budget, "fit_steps", lambda *args: 2)
@@ -66,8 +67,7 @@ class Case:
         """Run `which` ("resume" or "sample") on the corrupted checkpoint: exit 2, one error line, the checkpoint's
         files untouched; or, with expect_error=False, a normal run (exit 0)."""
         before = {f: (self.last / f).read_bytes() if (self.last / f).is_file() else None for f in FILES}
-        code = main(self.command(which))
-        out, err = self.capsys.readouterr()
+        code, out, err = run(self.capsys, *self.command(which))
         if not expect_error:
             assert code == 0, (which, what, err)
             return

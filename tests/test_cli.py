@@ -15,18 +15,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from cli_support import TINY_MODEL, run, write_corpus
+from cli_support import TINY_MODEL, log, run
 from tinygrad_gpt import checkpoint as ck
 from tinygrad_gpt.data import DATA_DIR
 from tinygrad_gpt.model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [*TINY_MODEL, "--sample-chars", "20"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def train(capsys, corpus, out, *extra):
@@ -41,10 +36,6 @@ def snapshot(root):
 
 def weights(run_dir, which="last"):
     return load_file(str(Path(run_dir) / which / "model.safetensors"))
-
-
-def log(run_dir):
-    return [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
 
 
 def env_with(*paths):

@@ -3,12 +3,11 @@ drawn by hypothesis: odd sizes, one row, widths that are not a multiple of the v
 
 Tolerances. A kernel and its twin compute the same formulas, but a kernel sums rows in another order (vectorised,
 reassociated) and computes exp and tanh with its own float32 functions (kernels/cpu/_math.py: within 6 units of
-roundoff u, below). A sum of n terms in floating point is off by at most n u sum|terms|, so two orders differ by at
-most 2 n u sum|terms|, plus a few more roundings per output; on O(1) random data sum|terms| / max|output| stays below
-~4, so normwise (max|a - b| / max|b|) the two agree within TOL(n) = 8 (n + 8) u, n the longest chain of
-reductions behind the output (C for LayerNorm's rows, N rows for column sums, V for the softmax, 2 Tk + hs for
-attention). u = 6.0e-8 in float32, 1.1e-16 in float64. What involves no reduction is checked exactly (bias, ReLU,
-residual, dropout, the embedding gather, AdamW: the kernel repeats the twin's float operations one by one).
+roundoff u, below). Normwise (max|a - b| / max|b|) the two agree within TOL(n) = 8 (n + 8) u (helpers.tol, whose
+docstring derives it; u = 6.0e-8 in float32, 1.1e-16 in float64), n the longest chain of reductions behind the
+output (C for LayerNorm's rows, N rows for column sums, V for the softmax, 2 Tk + hs for attention). What involves
+no reduction is checked exactly (bias, ReLU, residual, dropout, the embedding gather, AdamW: the kernel repeats the
+twin's float operations one by one).
 """
 import os
 import subprocess
@@ -19,28 +18,12 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from helpers import query_blocks, rel_err
+from helpers import close, query_blocks, tol, unit_roundoff as u
 from tinygrad_gpt import GPT, GPTConfig, Tensor, functional as F, kernels
 from tinygrad_gpt.optim import AdamW, adamw_update, grad_norm
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = [np.float32, np.float64]
-
-
-def u(dtype):
-    return float(np.finfo(dtype).eps) / 2
-
-
-def tol(dtype, n):
-    return 8 * (n + 8) * u(dtype)
-
-
-def close(ours, twin, bound, what="", floor=np.finfo(np.float64).tiny):
-    """rel_err(ours, twin) <= bound; `floor` the smallest max|twin| it divides by (see test_attention)."""
-    assert np.shape(ours) == np.shape(twin), f"{what}: shape {np.shape(ours)} vs {np.shape(twin)}"
-    assert np.asarray(ours).dtype == np.asarray(twin).dtype, f"{what}: dtype {np.asarray(ours).dtype}"
-    err = rel_err(ours, twin, floor)
-    assert err <= bound, f"{what}: relative error {err:.3g} > {bound:.3g}"
 
 
 rows = st.integers(1, 70)                      # 1 row, odd counts, more than one piece of 64 rows

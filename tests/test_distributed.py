@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_support import TINY_MODEL, write_corpus
+from cli_support import TINY_MODEL, log
 from ddp_driver import worst_parameter_difference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,15 +105,6 @@ def train_args(corpus, out, *extra, fault=None):
 
 def params(npz):
     return {k[2:]: npz[k] for k in npz.files if k.startswith("p.")}
-
-
-def log(run_dir):
-    return [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +218,19 @@ def test_resume_of_a_two_rank_run_continues_exactly(corpus, tmp_path):
     assert [{k: v for k, v in rec.items() if k not in strip} for rec in log(whole)] == \
            [{k: v for k, v in rec.items() if k not in strip} for rec in log(part)]
 
+
+
+def test_a_time_budget_plans_on_rank_0_and_every_rank_trains_to_it(corpus, tmp_path):
+    """--time under MPI: rank 0 rehearses (a trial checkpoint of the data-parallel layout, one dropout state per
+    rank), every rank trains the planned max_iters, and the checkpoint keeps each rank's own dropout state."""
+    out = tmp_path / "run"
+    r = mpiexec(2, *train_args(corpus, out, "--dropout", "0.1", "--time", "10s"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("time budget 10s: max_iters") == 1                     # rank 0 alone prints the plan
+    meta = json.loads((out / "last" / "meta.json").read_text())
+    assert meta["train"]["max_iters"] == meta["budget"]["max_iters"] == log(out)[-1]["step"]
+    ranks = meta["rng"]["model_ranks"]
+    assert len(ranks) == 2 and ranks[0] != ranks[1]
 
 # ---- failures ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["raise", "kill"])

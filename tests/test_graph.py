@@ -283,11 +283,12 @@ def test_import_tinygrad_gpt():
 
 
 def test_tune_host_allocator_keeps_freed_blocks_for_reuse():
-    """backend.tune_host_allocator (the trainer's glibc tuning: no mmap threshold, no trim) makes glibc keep a freed
-    large block in the heap, so allocating it again touches no fresh page. Untuned, a 64 MiB block is always a fresh
-    mapping (glibc maps blocks above 32 MiB at the most), and each of its 16,384 pages of 4 KiB faults on first touch
-    (NumPy's advice for transparent huge pages is off here, so each page is its own fault). Measured in a fresh process,
-    before and after the call (a process-wide setting); the second call returns what the first did."""
+    """backend.tune_host_allocator (the glibc tuning the CPU kernels make on first use, kernels/cpu/setup.py: no mmap
+    threshold below 1 GiB, no trim) makes glibc keep a freed large block in the heap, so allocating it again touches no
+    fresh page. Untuned, a 64 MiB block is always a fresh mapping (glibc maps blocks above 32 MiB at the most), and each
+    of its 16,384 pages of 4 KiB faults on first touch (NumPy's advice for transparent huge pages is off here, so each
+    page is its own fault). Measured in a fresh process, before and after the call (a process-wide setting); the second
+    call returns what the first did."""
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc's mallopt: Linux only")
     code = ("import resource, numpy as np\n"

@@ -7,13 +7,11 @@ A second subprocess compiles every kernel to PTX for a real GPU (compute capabil
 that the float32 kernels do no float64 arithmetic. On a machine with a GPU the same cases, plus the lecture config's
 shapes with the default launch shapes, also run on the GPU (the "cuda" parameter, marked gpu).
 
-Tolerances. Kernel and twin compute the same formulas but sum each row in a different order: a sum of n terms in
-floating point is off by at most n*u*sum|terms| (u the unit roundoff: 6.0e-8 in float32, 1.1e-16 in float64), so the
-two differ by at most 2*n*u*sum|terms|, plus a few (< 8) more roundings per output. Measured normwise
-(max|a - b| / max|b|, as helpers.rel_err) on O(1) random data, where sum|terms| / max|output| stays below ~4, that
-is TOL(n) = 8 * (n + 8) * u, n the longest chain of reductions behind the output: C for LayerNorm's y and dx, its
-N rows for dw and db; 2 Tk + hs for attention; V for softmax and dlogits, V + N for the mean loss. The same bound
-holds against torch.
+Tolerances. Kernel and twin compute the same formulas but sum each row in a different order. Normwise
+(max|a - b| / max|b|, as helpers.rel_err) they agree within TOL(n) = 8 * (n + 8) * u (helpers.tol, whose docstring
+derives it; u the unit roundoff: 6.0e-8 in float32, 1.1e-16 in float64), n the longest chain of reductions behind
+the output: C for LayerNorm's y and dx, its N rows for dw and db; 2 Tk + hs for attention; V for softmax and
+dlogits, V + N for the mean loss. The same bound holds against torch.
 What must be exact is checked exactly: masked attention entries (P and dS) are 0, the AdamW kernel repeats the twin's
 float32 operations one by one (in the simulator no multiply-add is contracted; on a GPU the compiler contracts
 m + (g - m) * c into one fused multiply-add, one rounding instead of two, so there the bound is 4 units of float32
@@ -33,7 +31,7 @@ pytest.importorskip("numba")
 import torch  # noqa: E402
 import torch.nn.functional as TF  # noqa: E402
 
-from helpers import rel_err  # noqa: E402
+from helpers import close, tol, unit_roundoff  # noqa: E402
 from tinygrad_gpt import cuda_available  # noqa: E402
 from tinygrad_gpt import functional as F  # noqa: E402
 from tinygrad_gpt.optim import adamw_update  # noqa: E402
@@ -41,14 +39,6 @@ from tinygrad_gpt.optim import adamw_update  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "kernel_sim_run.py"
 pytestmark = pytest.mark.slow  # the simulator and the PTX compiler run in subprocesses (~30 s)
-
-
-def unit_roundoff(dtype):
-    return float(np.finfo(dtype).eps) / 2
-
-
-def tol(dtype, n):
-    return 8 * (n + 8) * unit_roundoff(dtype)
 
 
 def _run_worker(args, env_extra, timeout=300):
@@ -96,11 +86,6 @@ def get_case(sim, case):
     return cases[case], meta[case]
 
 
-def check(name, ours, ref, bound):
-    err = rel_err(ours, ref)
-    assert err <= bound, f"{name}: relative error {err:.3g} > {bound:.3g}"
-
-
 def to_torch(a, grad=False):
     return torch.tensor(np.asarray(a), requires_grad=grad)
 
@@ -117,22 +102,22 @@ def test_layer_norm(sim, case):
     for name, ours, twin in (("y", a["y"], y), ("mean", a["mean"], cache[1]), ("rstd", a["rstd"], cache[2]),
                              ("dx", a["dx"], dx), ("dw", a["dw"], dw), ("db", a["db"], db)):
         assert ours.dtype == x.dtype and ours.shape == np.shape(twin), name
-        check(f"{case} {name} vs NumPy twin", ours, twin, bound_params if name in ("dw", "db") else bound)
+        close(ours, twin, bound_params if name in ("dw", "db") else bound, f"{case} {name} vs NumPy twin")
 
     tx, tw = to_torch(x, True), to_torch(w, True)
     tb = to_torch(b if b is not None else np.zeros_like(w), True)
     ty = TF.layer_norm(tx, (x.shape[-1],), tw, tb, 1e-5)
     ty.backward(to_torch(g))
-    check(f"{case} y vs torch", a["y"], ty.detach().numpy(), bound)
+    close(a["y"], ty.detach().numpy(), bound, f"{case} y vs torch")
     if x.shape[-1] == 1:
         # width 1: every row is constant, xhat = 0, so dx = rstd * (dxhat - mean(dxhat) - 0) and dw = sum dy * xhat
         # are exactly 0 (the twin agrees above); torch leaves rounding noise of size u * rstd * |dy| there
         assert np.all(a["dx"] == 0) and np.all(a["dw"] == 0)
     else:
-        check(f"{case} dx vs torch", a["dx"], tx.grad.numpy(), bound)
-        check(f"{case} dw vs torch", a["dw"], tw.grad.numpy(), bound_params)
+        close(a["dx"], tx.grad.numpy(), bound, f"{case} dx vs torch")
+        close(a["dw"], tw.grad.numpy(), bound_params, f"{case} dw vs torch")
     if b is not None:
-        check(f"{case} db vs torch", a["db"], tb.grad.numpy(), bound_params)
+        close(a["db"], tb.grad.numpy(), bound_params, f"{case} db vs torch")
 
 
 # ---- attention core (causal masked scaled softmax) ---------------------------------------------------------------
@@ -162,20 +147,20 @@ def test_attention(sim, case):
     for name, ours, twin in (("y", a["y"], y), ("dq", a["dq"], dq),
                              ("dk", a["dk"], dk), ("dv", a["dv"], dv)):
         assert ours.dtype == q.dtype and ours.shape == twin.shape, name
-        check(f"{case} {name} vs NumPy twin", ours, twin, bound)
+        close(ours, twin, bound, f"{case} {name} vs NumPy twin")
 
     tq, tk_, tv = to_torch(q, True), to_torch(k, True), to_torch(v, True)
     s = (tq @ tk_.transpose(-1, -2)) * hs ** -0.5
     s = s.masked_fill(torch.from_numpy(hidden), float("-inf"))
     att = torch.softmax(s, dim=-1)
-    check(f"{case} prob vs torch", a["prob"], att.detach().numpy(), bound)
+    close(a["prob"], att.detach().numpy(), bound, f"{case} prob vs torch")
     if keep is not None:
         att = att * torch.from_numpy(keep).to(att.dtype) / (1 - p)
     ty = att @ tv
     ty.backward(to_torch(dy))
-    check(f"{case} y vs torch", a["y"], ty.detach().numpy(), bound)
+    close(a["y"], ty.detach().numpy(), bound, f"{case} y vs torch")
     for name, ours, theirs in (("dq", a["dq"], tq.grad), ("dk", a["dk"], tk_.grad), ("dv", a["dv"], tv.grad)):
-        check(f"{case} {name} vs torch", ours, theirs.numpy(), bound)
+        close(ours, theirs.numpy(), bound, f"{case} {name} vs torch")
 
 
 # ---- cross-entropy -----------------------------------------------------------------------------------------------
@@ -188,15 +173,15 @@ def test_cross_entropy(sim, case):
     assert a["loss"].shape == () and a["loss"].dtype == z.dtype, "the loss is a 0-d array of the logits' dtype"
     loss, cache = F.cross_entropy_forward.reference(z, y)
     dz = F.cross_entropy_backward.reference(g, cache)
-    check(f"{case} loss vs NumPy twin", a["loss"], loss, bound_loss)
-    check(f"{case} prob vs NumPy twin", a["prob"], cache[0], bound)
-    check(f"{case} dz vs NumPy twin", a["dz"], dz, bound)
+    close(a["loss"], loss, bound_loss, f"{case} loss vs NumPy twin")
+    close(a["prob"], cache[0], bound, f"{case} prob vs NumPy twin")
+    close(a["dz"], dz, bound, f"{case} dz vs NumPy twin")
 
     tz = to_torch(z, True)
     tl = TF.cross_entropy(tz, torch.from_numpy(y.astype(np.int64)))
     (tl * float(g)).backward()
-    check(f"{case} loss vs torch", a["loss"], tl.detach().numpy(), bound_loss)
-    check(f"{case} dz vs torch", a["dz"], tz.grad.numpy(), bound)
+    close(a["loss"], tl.detach().numpy(), bound_loss, f"{case} loss vs torch")
+    close(a["dz"], tz.grad.numpy(), bound, f"{case} dz vs torch")
     if z.shape[1] == 1:  # one class: probability 1, loss 0, gradient 0, exactly
         assert np.all(a["prob"] == 1) and a["loss"] == 0 and np.all(a["dz"] == 0)
 
@@ -218,7 +203,7 @@ def test_adamw(sim, wd):
         if device == "sim":
             np.testing.assert_array_equal(ours, twin, err_msg=f"AdamW kernel vs twin: {name}")
         else:
-            check(f"AdamW kernel vs twin: {name}", ours, twin, 2 * 4 * unit_roundoff(np.float32))
+            close(ours, twin, 2 * 4 * unit_roundoff(np.float32), f"AdamW kernel vs twin: {name}")
 
     # torch.optim.AdamW (single-tensor path): the same formulas with its own fused helpers (lerp, addcmul, addcdiv),
     # which may round differently by one unit per operation: a few units of float32 relative to the largest value
@@ -227,7 +212,7 @@ def test_adamw(sim, wd):
     for g in (a["g1"], a["g2"]):
         tp.grad = to_torch(g)
         topt.step()
-    check("AdamW kernel vs torch: parameters", a["p"], tp.detach().numpy(), 16 * unit_roundoff(np.float32))
+    close(a["p"], tp.detach().numpy(), 16 * unit_roundoff(np.float32), "AdamW kernel vs torch: parameters")
 
 
 # ---- dropout -----------------------------------------------------------------------------------------------------

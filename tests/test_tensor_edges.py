@@ -19,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 
 from helpers import check, check_or_raise
 from strategies import distinct_floats, floats, loose_axes, shapes
-from tinygrad_gpt import Tensor, TensorError
+from tinygrad_gpt import Tensor, TensorError, kernels
 
 tensor_module = importlib.import_module("tinygrad_gpt.tensor")  # (the package's `tensor` is the factory function)
 
@@ -443,23 +443,44 @@ def _erf_inputs():
                                                                                       30.0, -np.inf, np.inf]])
 
 
+def _from_numba(erf):
+    """True for the ufunc numba.vectorize makes (a numba DUFunc), false for the fallback (a function around
+    np.vectorize(math.erf))."""
+    return type(erf).__module__.split(".")[0] == "numba"
+
+
 def _ulp_errors(got, want):
     return np.abs(got.astype(np.float64) - want) / np.spacing(np.abs(want).astype(got.dtype)).astype(np.float64)
 
 
-@pytest.mark.parametrize("kernels", ["1", "0"])
-def test_erf_matches_math_erf(monkeypatch, kernels):
+@pytest.fixture
+def cpu_kernels(monkeypatch):
+    """`cpu_kernels(on)` turns the CPU kernels on or off for this test and empties tensor.py's erf cache, so that the
+    next exact GELU builds its erf again under that setting (the environment variable is read once per process, and
+    the erf is built once). Afterwards the setting is back to the environment's choice and the cache as it was."""
+    def switch(on):
+        kernels.set_enabled(on, "cpu")
+        monkeypatch.setattr(tensor_module, "_erf_numpy", None)
+    try:
+        yield switch
+    finally:
+        kernels.set_enabled(None, "cpu")
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["kernels", "no-kernels"])
+def test_erf_matches_math_erf(cpu_kernels, on):
     """The cpu erf against Python's math.erf (the C library's, within 1 ulp of the true value): the numba ufunc
-    compiled from the same C function, and with TINYGRAD_GPT_KERNELS=0 math.erf itself. Both within 2 ulp of it in
+    compiled from the same C function, and with the CPU kernels off math.erf itself. Both within 2 ulp of it in
     float64, and in float32 (numba calls the C library's float erff) within 2 float32 ulp of math.erf rounded."""
-    monkeypatch.setenv("TINYGRAD_GPT_KERNELS", kernels)
+    cpu_kernels(on)
     erf = tensor_module._make_erf()
+    assert _from_numba(erf) == on
     x = _erf_inputs()
     want = np.array([math.erf(v) for v in x])
     got = erf(x)
     assert got.dtype == np.float64 and got.shape == x.shape
     assert _ulp_errors(got, want).max() <= 2
-    if kernels == "0":
+    if not on:
         assert np.array_equal(got, want)
     x32 = x.astype(np.float32)
     want32 = np.array([math.erf(float(v)) for v in x32])
@@ -468,13 +489,15 @@ def test_erf_matches_math_erf(monkeypatch, kernels):
     assert erf(np.array(0.5)).shape == ()
 
 
-def test_exact_gelu_with_kernels_off_equals_gelu_with_kernels_on(monkeypatch):
+def test_exact_gelu_with_kernels_off_equals_gelu_with_kernels_on(cpu_kernels):
     x = _erf_inputs()
     with np.errstate(invalid="ignore"):  # gelu(-inf) = -inf * 0 = nan, as in torch
+        cpu_kernels(True)
         on = Tensor(x).gelu(approximate="none").numpy()
-        monkeypatch.setattr(tensor_module, "_erf_numpy", None)
-        monkeypatch.setenv("TINYGRAD_GPT_KERNELS", "0")
+        assert _from_numba(tensor_module._erf_numpy)
+        cpu_kernels(False)
         off = Tensor(x).gelu(approximate="none").numpy()
+        assert not _from_numba(tensor_module._erf_numpy)
     np.testing.assert_allclose(off, on, rtol=4 * np.finfo(np.float64).eps, atol=0)
 
 

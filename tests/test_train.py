@@ -1,7 +1,7 @@
 """Training to a time budget and with gradient accumulation (tinygrad_gpt/train.py, config.py), single process.
 
-Runs use the tiny model of test_cli.py on a 20,000-character slice of tiny Shakespeare. The data-parallel side of
-gradient accumulation is in test_distributed.py.
+Runs use cli_support.TINY_MODEL on a 20,000-character slice of tiny Shakespeare (cli_support.write_corpus). The
+data-parallel side of gradient accumulation is in test_distributed.py.
 
 Gradient accumulation against the whole batch, and to what tolerance: with A micro-batches of B/A rows each, the
 step's gradient is (1/A) * the sum of the A micro-batch mean gradients, which in exact arithmetic is the mean over
@@ -20,22 +20,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
-from cli_support import TINY_MODEL, run, write_corpus
+from cli_support import TINY_MODEL, log, run
 import ddp_driver
 from tinygrad_gpt import budget
 from tinygrad_gpt.budget import evaluations_between, fit_steps, parse_duration
 from tinygrad_gpt.config import ConfigError
 
 TINY = [*TINY_MODEL, "--sample-chars", "0"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-def log(run_dir):
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
 def meta(run_dir, which="last"):
