@@ -35,44 +35,24 @@ def _gelu_and_slope(x, ft):
 
 
 @kernel
-def bias_residual_fwd(y, b, residual):
-    """In place on y (N, D): y = y + b + residual (b, residual may be None), in that order."""
+def epilogue_fwd(y, b, act, residual, pre):
+    """In place on y (N, D), the epilogue alone (for the path without a BLAS to call): y = act(y + b) + residual,
+    act as in linear_fwd (pre receives y + b under GELU); b, residual, pre may be None."""
     n, d = y.shape
+    ft = y.dtype.type
     for i in prange(n):
         for j in range(d):
             v = y[i, j]
             if b is not None:
                 v += b[j]
+            if act == 1:
+                v = max(v, ft(0))
+            elif act == 2 and pre is not None:
+                pre[i, j] = v
+                v = _gelu_and_slope(v, ft)[0]
             if residual is not None:
                 v += residual[i, j]
             y[i, j] = v
-
-
-@kernel
-def bias_relu_fwd(y, b):
-    """In place on y (N, D): y = max(y + b, 0) (b may be None)."""
-    n, d = y.shape
-    ft = y.dtype.type
-    for i in prange(n):
-        for j in range(d):
-            v = y[i, j]
-            if b is not None:
-                v += b[j]
-            y[i, j] = max(v, ft(0))
-
-
-@kernel
-def bias_gelu_fwd(y, b, pre):
-    """In place on y (N, D): pre = y + b (kept for the backward), y = gelu(pre) (b may be None)."""
-    n, d = y.shape
-    ft = y.dtype.type
-    for i in prange(n):
-        for j in range(d):
-            v = y[i, j]
-            if b is not None:
-                v += b[j]
-            pre[i, j] = v
-            y[i, j] = _gelu_and_slope(v, ft)[0]
 
 
 @kernel
@@ -215,16 +195,10 @@ def linear_backward(g, x, w, bias=True, saved=None, activation=None):
 
 def epilogue_forward(y, b=None, activation=None, residual=None):
     """In place on the contiguous y (N, D): y = act(y + b) + residual; returns what the backward needs."""
-    if activation == "relu":
-        bias_relu_fwd.run(y.size, y, b)
-        return y
-    if activation == "gelu":
-        pre = np.empty_like(y)
-        bias_gelu_fwd.run(y.size, y, b, pre)
-        return pre
-    if b is not None or residual is not None:
-        bias_residual_fwd.run(y.size, y, b, residual)
-    return None
+    pre = np.empty_like(y) if activation == "gelu" else None
+    if activation is not None or b is not None or residual is not None:
+        epilogue_fwd.run(y.size, y, b, ACT[activation], residual, pre)
+    return y if activation == "relu" else pre
 
 
 def epilogue_backward(g, saved, activation=None, bias=True):
