@@ -197,8 +197,9 @@ class GPT(nn.Module):
         return logits, loss
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
-        """torch's load_state_dict; NumPy arrays (a tinygrad_gpt state dict) are accepted as values."""
-        state_dict = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+        """torch's load_state_dict; NumPy arrays and tinygrad_gpt tensors (a tinygrad_gpt state dict) are accepted as
+        values."""
+        state_dict = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(np.asarray(v)))
                       for k, v in state_dict.items()}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 

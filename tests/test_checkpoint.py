@@ -405,7 +405,7 @@ def test_optimizer_step_counts_follow_the_parameter_names(tmp_path):
     """A checkpoint of an optimizer whose parameters are in another order than the model's, with a parameter that
     skipped a step (no gradient, so one update fewer, as torch counts): each count comes back to its parameter."""
     model, _ = trained(steps=0)
-    named = list(reversed(model.named_parameters()))
+    named = list(reversed(list(model.named_parameters())))
     opt = AdamW([p for _, p in named], lr=1e-2)
     x = np.arange(16).reshape(2, 8) % CFG.vocab_size
     for step in range(2):

@@ -1,4 +1,4 @@
-"""The numba CPU kernels (tinygrad_gpt/kernels/cpu/) against their NumPy twins (functional.py, optim.py), over shapes
+"""The numba CPU kernels (tinygrad_gpt/kernels/cpu/) against their NumPy twins (fused.py, optim.py), over shapes
 drawn by hypothesis: odd sizes, one row, widths that are not a multiple of the vector width, float32 and float64.
 
 Tolerances. A kernel and its twin compute the same formulas, but a kernel sums rows in another order (vectorised,
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from helpers import close, query_blocks, tol, unit_roundoff as u
-from tinygrad_gpt import GPT, GPTConfig, Tensor, functional as F, kernels
+from tinygrad_gpt import GPT, GPTConfig, Tensor, fused as F, kernels
 from tinygrad_gpt.optim import AdamW, adamw_update, grad_norm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,7 +241,7 @@ def _gpt_step(dtype, steps=1, seed=0):
         loss.backward()
         if steps > 1 or dtype == np.float32:
             opt.step()
-    return [loss.numpy()] + [p.grad.copy() for p in model.parameters()] + [p.data.copy() for p in model.parameters()]
+    return [loss.numpy()] + [p.grad.numpy().copy() for p in model.parameters()] + [p.data.copy() for p in model.parameters()]
 
 
 THREADS_RUN = """

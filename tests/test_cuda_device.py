@@ -63,7 +63,7 @@ def _python(code, **env):
 
 def test_import_loads_neither_numba_nor_cupy():
     out = _python("import sys, json\n"
-                  "import tinygrad_gpt, tinygrad_gpt.functional, tinygrad_gpt.optim, tinygrad_gpt.model, "
+                  "import tinygrad_gpt, tinygrad_gpt.fused, tinygrad_gpt.optim, tinygrad_gpt.model, "
                   "tinygrad_gpt.kernels\n"
                   "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
                   "('numba', 'cupy', 'cupy_backends', 'llvmlite'))))")

@@ -85,7 +85,7 @@ def test_training_step_has_no_host_sync_and_stays_float32(records, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_training_step_copies_no_array_to_the_device(records, mode):
     """No host array is copied to the device in the steady state (batches built there, dropout masks drawn there).
-    The plain CuPy path still turns a Python scalar into a device scalar per dropout site (functional.keep_scale:
+    The plain CuPy path still turns a Python scalar into a device scalar per dropout site (fused.keep_scale:
     a few bytes, asynchronous); the kernel path copies nothing at all."""
     copies = _events(records, mode, "step2", "h2d")
     arrays = [c for c in copies if not c.endswith("float ())") and not c.endswith("int ())")]

@@ -153,7 +153,8 @@ def test_checkpoint_state_moves_between_devices():
         model(idx, tgt)[1].backward()
         opt.step()
     sd, osd = model.state_dict(), opt.state_dict()
-    assert all(type(v) is np.ndarray and v.dtype == np.float32 for v in sd.values())
+    assert all(v.device == "cuda" and v.dtype == np.float32 for v in sd.values())     # torch's: on the model's device
+    sd = {k: v.numpy().copy() for k, v in sd.items()}                                 # host copies
     cpu = GPT(GPTConfig(**CFG), seed=0)
     cpu_opt = AdamW(cpu.parameters())
     cpu.load_state_dict(sd)

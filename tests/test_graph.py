@@ -146,15 +146,19 @@ def test_backward_without_graph_raises():
 
 
 def test_zero_d_results_and_gradients_are_backend_arrays():
-    """SPEC: t.data and t.grad are backend arrays, also for 0-d tensors (NumPy would hand back scalars)."""
+    """SPEC: t.data is a backend array, also for 0-d tensors (NumPy would hand back scalars); t.grad is a tensor
+    (SPEC section 8, torch's) whose .data is the gradient's backend array, changed in place through either."""
     x = leaf(2.0)
     y = (x * 3).exp().sum()
     assert isinstance(y.data, np.ndarray) and y.shape == ()
     assert isinstance(Tensor(np.ones(3)).max().data, np.ndarray)
     y.backward()
-    assert isinstance(x.grad, np.ndarray) and x.grad.shape == ()
+    assert isinstance(x.grad, Tensor) and isinstance(x.grad.data, np.ndarray) and x.grad.shape == ()
+    assert x.grad is x.grad                        # one tensor per gradient array, as torch's p.grad
     x.grad[...] = 0.0  # a leaf's gradient can be changed in place, as an optimizer does
-    assert x.grad == 0.0
+    assert x.grad == 0.0 and x.grad.data == 0.0
+    x.grad += 2.0
+    assert x.grad.data == 2.0
 
 
 # ---- no_grad, detach -------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 (NUMBA_ENABLE_CUDASIM=1, in a subprocess: tests/kernel_sim_run.py) on small inputs chosen to cover rows longer than a
 block, grids that stride over rows, blocks with rows past the end, odd sizes, and the causal mask's edge rows (the
 first query, which sees one key; queries offset by a key/value cache; a single query that sees every key), in
-float32 and float64. Its outputs are compared here with its NumPy twin (functional.py / optim.py) and with torch.
+float32 and float64. Its outputs are compared here with its NumPy twin (fused.py / optim.py) and with torch.
 A second subprocess compiles every kernel to PTX for a real GPU (compute capability 8.0, no GPU needed) and checks
 that the float32 kernels do no float64 arithmetic. On a machine with a GPU the same cases, plus the lecture config's
 shapes with the default launch shapes, also run on the GPU (the "cuda" parameter, marked gpu).
@@ -33,7 +33,7 @@ import torch.nn.functional as TF  # noqa: E402
 
 from helpers import close, tol, unit_roundoff  # noqa: E402
 from tinygrad_gpt import cuda_available  # noqa: E402
-from tinygrad_gpt import functional as F  # noqa: E402
+from tinygrad_gpt import fused as F  # noqa: E402
 from tinygrad_gpt.optim import adamw_update  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,8 +32,8 @@ from model_helpers import (TOL64_FWD, TOL64_GRAD, U32, U64, f32_tol, gpt_depth, 
                            red_attention, red_attention_core, red_block, red_cross_entropy, red_gpt, red_layer_norm,
                            red_linear, red_mlp, torch_dtype)
 from strategies import gpt_configs
-from tinygrad_gpt import Tensor, functional as F, kernels
-from tinygrad_gpt.nn import LayerNorm, Linear
+from tinygrad_gpt import Tensor, fused as F, kernels
+from tinygrad_gpt.nn import Init, LayerNorm, Linear
 
 DTYPES = [np.float64, np.float32]
 
@@ -114,7 +114,7 @@ def test_embedding_fused_token_plus_position(dtype, data):
 def test_linear(dtype, n_in, n_out, bias, lead, seed):
     """Linear on inputs of any rank (1-D included), weight layout (out, in)."""
     rng = np.random.default_rng(seed)
-    ours = Linear(n_in, n_out, bias=bias, rng=rng, dtype=dtype)
+    ours = Linear(n_in, n_out, bias=bias, init=Init(rng, dtype))
     ref = torch.nn.Linear(n_in, n_out, bias=bias, dtype=torch_dtype(dtype))
     with torch.no_grad():
         if bias:

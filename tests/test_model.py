@@ -15,7 +15,7 @@ from helpers import assert_errors, compare
 from model_helpers import (TOL64_FWD, TOL64_GRAD, RecordingMasks, ReplayMasks, f32_tol, gpt_depth, make_pair,
                            named_params, randomize_params, red_gpt)
 from strategies import gpt_configs
-from tinygrad_gpt import GPT, GPTConfig, Tensor, functional as F, no_grad
+from tinygrad_gpt import GPT, GPTConfig, Tensor, fused as F, no_grad
 from tinygrad_gpt.model import count_parameters, parameter_shapes
 from tinygrad_gpt.nn import Dropout, ShapeOnly
 
@@ -225,8 +225,8 @@ def test_state_dict_names_and_shapes_equal_the_reference(dims, bias):
     ref = reference.GPT(reference.GPTConfig(**dims, bias=bias))
     sd = ours.state_dict()
     assert {k: v.shape for k, v in sd.items()} == {k: tuple(v.shape) for k, v in ref.state_dict().items()}
-    assert all(v.dtype == np.float32 for v in sd.values())                 # SPEC 4: float32 host arrays
-    assert count_parameters(ours.config) == sum(v.size for v in sd.values())
+    assert all(isinstance(v, Tensor) and v.dtype == np.float64 for v in sd.values())   # SPEC 8: torch's, model's dtype
+    assert count_parameters(ours.config) == sum(v.numel() for v in sd.values())
     shapes = parameter_shapes(ours.config)
     assert list(shapes) == list(sd) and all(shapes[k] == v.shape for k, v in sd.items())   # names, order, shapes
 
@@ -238,8 +238,8 @@ def test_a_shape_only_model_allocates_and_draws_nothing():
         rng = property(lambda self: pytest.fail("a shape-only model drew from a generator"),
                        lambda self, value: None)
     model = GPT(GPTConfig(**LARGE), init=NoDraws())
-    params = model.parameters()
-    assert sum(p.size for p in params) == 10_788_929
+    params = list(model.parameters())
+    assert sum(p.numel() for p in params) == 10_788_929
     assert all(p.data.strides == (0,) * p.ndim and not p.data.flags.writeable for p in params)
     assert sum(p.data.base.nbytes if p.data.base is not None else p.data.nbytes for p in params) <= 4 * len(params)
 

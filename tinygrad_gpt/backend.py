@@ -21,13 +21,28 @@ class Device:
         self.name, self.xp = name, xp
 
     def __repr__(self):
-        return f"Device({self.name!r})"
+        return f"device(type={self.name!r})"
 
     def __str__(self):
         return self.name
 
+    @property
+    def type(self):
+        """torch.device's .type: 'cpu' or 'cuda'."""
+        return self.name
+
+    @property
+    def index(self):
+        return None if self.name == "cpu" else 0
+
     def __eq__(self, other):
-        return isinstance(other, Device) and other.name == self.name
+        """Equal to the Device of the same name, and to its name as a string ('cpu', 'cuda', 'cuda:0')."""
+        if isinstance(other, Device):
+            return other.name == self.name
+        if isinstance(other, str):
+            name = other.lower()
+            return name == self.name or (self.name == "cuda" and name in ("cuda:0", "gpu"))
+        return NotImplemented
 
     def __hash__(self):
         return hash(self.name)
@@ -67,6 +82,32 @@ def get_device(device=None):
     if name in ("cuda", "gpu", "cuda:0"):
         return _load_cuda()
     raise DeviceError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+
+
+class device(str):
+    """torch.device("cpu" | "cuda" | "cuda:0", index=None): a device name, resolved (and checked for a GPU) only when a
+    tensor goes there, as in torch. It is a str, so it equals "cpu" and works wherever a device name does."""
+
+    def __new__(cls, type, index=None):
+        name = type.name if isinstance(type, Device) else str(type).lower()
+        base, _, idx = name.partition(":")
+        if base not in ("cpu", "cuda", "mps"):
+            raise DeviceError(f"unknown device {type!r}: use 'cpu' or 'cuda'")
+        if index is not None:
+            idx = str(int(index))
+        return str.__new__(cls, base + (":" + idx if idx else ""))
+
+    @property
+    def type(self):
+        return self.partition(":")[0]
+
+    @property
+    def index(self):
+        idx = self.partition(":")[2]
+        return int(idx) if idx else None
+
+    def __repr__(self):
+        return f"device(type={self.type!r}" + (f", index={self.index})" if self.index is not None else ")")
 
 
 def device_of(array):

@@ -118,7 +118,8 @@ def save(path, model, tokenizer, step, optimizer=None, optimizer_names=None, met
     """
     from . import __version__
     path = Path(path)
-    files = {MODEL_FILE: st_save(model.state_dict(), metadata={"format": FORMAT})}
+    state = {k: np.ascontiguousarray(v.numpy(), dtype=np.float32) for k, v in model.state_dict().items()}
+    files = {MODEL_FILE: st_save(state, metadata={"format": FORMAT})}
     info = dict(meta or {})
     if optimizer is not None:
         names = list(optimizer_names) if optimizer_names is not None else [n for n, _ in model.named_parameters()]

@@ -1,9 +1,9 @@
-"""The command line: `tinygrad-gpt train|sample|eval|bench ...` (also `python -m tinygrad_gpt`).
+"""The command line: `tinygrad-gpt train|sample|eval|bench|import-torch ...` (also `python -m tinygrad_gpt`).
 
 Bad input (a missing or unusable corpus, an impossible config, an output directory holding another run, an unusable
 checkpoint, a prompt or corpus outside the vocabulary, an unavailable device, a malformed duration, a time budget
-too short for one evaluation) prints one line, "error: ...", on stderr and exits with status 2, with no traceback
-and nothing written. A run that diverges or cannot save exits with 1
+too short for one evaluation, a state dict import-torch cannot read or map) prints one line, "error: ...", on stderr
+and exits with status 2, with no traceback and nothing written. A run that diverges or cannot save exits with 1
 (its last good checkpoint intact), Ctrl-C with 130 (after saving).
 
 Data-parallel (`mpiexec -n N tinygrad-gpt train ...`): rank 0 prints; an error every rank meets together (bad input,
@@ -42,7 +42,7 @@ def build_parser():
     from .evaluate import SPLITS
     p = _Parser(prog="tinygrad-gpt", description="Train and sample the char-level GPT of \"Let's build GPT\" "
                 "on a NumPy autograd engine (no torch).")
-    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,bench}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,bench,import-torch}", parser_class=_Parser)
     sub.required = True
 
     preset_lines = "\n".join(f"  {name:8} " + " ".join(f"{k}={v}" for k, v in cfg.items())
@@ -149,7 +149,52 @@ def build_parser():
     v.add_argument("--batch-size", type=_int, default=32, help="blocks per forward pass [32]")
     v.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="[cpu]")
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
+    i = sub.add_parser("import-torch", help="turn a state dict trained with torch into a checkpoint",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Import the state dict of a GPT trained with torch (a torch.save file, read "
+                       "without torch and\nwithout running its pickle, or a safetensors file) into a checkpoint "
+                       "directory that\n`sample` and `eval` read. Two namings are recognised: the lecture's gpt.py "
+                       "(token_embedding_table,\nblocks.{i}.sa.heads.{j}.query/key/value, ffwd.net.0/2, ln1/ln2, "
+                       "ln_f, lm_head), whose heads are\nfused into one qkv weight, and tinygrad_gpt's own "
+                       "(reference/model.py). The sizes come from the\nshapes; the vocabulary is the sorted set of "
+                       "the corpus' characters, as in the lecture.",
+                       epilog="attention scale:\n"
+                       "  head  the model scaled q @ k.T by head_size**-0.5 (the lecture's final gpt.py; ours)\n"
+                       "  embd  it scaled by n_embd**-0.5 (the lecture notebooks' C**-0.5): the query weights are\n"
+                       "        multiplied by sqrt(head_size / n_embd) on import, so our head-size-scaled model\n"
+                       "        computes the same attention\n\n"
+                       "examples:\n  tinygrad-gpt import-torch model.pt --out runs/lecture\n"
+                       "  tinygrad-gpt sample --ckpt runs/lecture --prompt \"ROMEO:\"\n"
+                       "  tinygrad-gpt import-torch bigram.pt --out runs/nb --attention-scale embd --data input.txt")
+    i.add_argument("state_dict", metavar="STATE_DICT", help="torch.save file or safetensors file of the state dict")
+    i.add_argument("--out", required=True, metavar="DIR", help="the checkpoint directory to write (new or empty)")
+    i.add_argument("--data", metavar="FILE",
+                   help="the corpus the model was trained on, for its vocabulary (default: the packaged tiny "
+                   "Shakespeare)")
+    i.add_argument("--attention-scale", choices=["head", "embd"], default="head",
+                   help="what the model scaled attention by, see below [head]")
+    i.add_argument("--n-head", type=_int, metavar="N", help="heads per block: needed for tinygrad_gpt's names, "
+                   "whose fused qkv weight does not show it (the lecture's names do)")
+    i.add_argument("--activation", choices=["relu", "gelu"], default="relu",
+                   help="the MLP activation of the model (the lecture's is relu) [relu]")
+    i.add_argument("--force", action="store_true", help="replace a checkpoint already in --out")
     return p
+
+
+def _import_torch(args):
+    from .import_torch import StateDictError, import_state_dict
+    from .model import count_parameters
+    try:
+        out, cfg, scheme = import_state_dict(args.state_dict, args.out, data=args.data,
+                                             attention_scale=args.attention_scale, n_head=args.n_head,
+                                             activation=args.activation, force=args.force)
+    except StateDictError as e:
+        raise _UsageError(str(e)) from None
+    print(f"imported {args.state_dict} ({'the lecture' if scheme == 'lecture' else 'tinygrad_gpt'}'s names, "
+          f"{count_parameters(cfg):,} parameters: n_layer={cfg.n_layer} n_head={cfg.n_head} n_embd={cfg.n_embd} "
+          f"block_size={cfg.block_size} vocab_size={cfg.vocab_size}) into {out}\n"
+          f"try: tinygrad-gpt sample --ckpt {out}")
+    return 0
 
 
 def _train(args):
@@ -251,7 +296,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
-        return {"train": _train, "sample": _sample, "eval": _eval, "bench": _bench}[args.command](args)
+        return {"train": _train, "sample": _sample, "eval": _eval, "bench": _bench,
+                "import-torch": _import_torch}[args.command](args)
     except _UsageError as e:
         return _error(e, EXIT_USAGE)
     except SystemExit as e:                # --help

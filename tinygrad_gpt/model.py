@@ -10,9 +10,9 @@ import dataclasses
 
 import numpy as np
 
-from . import functional as F
+from . import fused as F
 from .backend import device_of, get_device, to_host
-from .nn import Dropout, Embedding, Init, LayerNorm, Linear, Module, ShapeOnly
+from .nn import Dropout, Embedding, Init, LayerNorm, Linear, Module, ModuleList, ShapeOnly
 from .tensor import Tensor
 
 
@@ -65,6 +65,7 @@ class KVCache:
 
 class CausalSelfAttention(Module):
     def __init__(self, cfg, init):
+        super().__init__()
         c = cfg.n_embd
         self.n_head = cfg.n_head
         self.qkv = Linear(c, 3 * c, bias=False, init=init)        # W_qkv (3C, C)
@@ -72,7 +73,7 @@ class CausalSelfAttention(Module):
         self.attn_drop = Dropout(cfg.dropout)
         self.resid_drop = Dropout(cfg.dropout)
 
-    def __call__(self, x, residual=None, cache=None):              # x (B, t, C)
+    def forward(self, x, residual=None, cache=None):               # x (B, t, C)
         """The attention sublayer; with `residual`, returns residual + its output (in the output projection's pass
         when there is no residual dropout). With `cache` (a KVCache; generation, under no_grad) the t positions of x
         come after the cache's: they attend to its keys and values as well, and add theirs to it."""
@@ -111,13 +112,14 @@ class CausalSelfAttention(Module):
 
 class MLP(Module):
     def __init__(self, cfg, init):
+        super().__init__()
         c = cfg.n_embd
         self.fc = Linear(c, 4 * c, bias=cfg.bias, init=init)
         self.proj = Linear(4 * c, c, bias=cfg.bias, init=init)
         self.activation = cfg.activation
         self.drop = Dropout(cfg.dropout)
 
-    def __call__(self, x, residual=None):                          # x (B, t, C)
+    def forward(self, x, residual=None):                           # x (B, t, C)
         """The MLP sublayer; with `residual`, returns residual + its output (as CausalSelfAttention does)."""
         weights = (self.fc.weight, self.fc.bias, self.proj.weight, self.proj.bias)
         if residual is not None and not self.drop.active():
@@ -129,12 +131,13 @@ class MLP(Module):
 
 class Block(Module):
     def __init__(self, cfg, init):
+        super().__init__()
         self.ln1 = LayerNorm(cfg.n_embd, bias=cfg.bias, init=init)
         self.attn = CausalSelfAttention(cfg, init)
         self.ln2 = LayerNorm(cfg.n_embd, bias=cfg.bias, init=init)
         self.mlp = MLP(cfg, init)
 
-    def __call__(self, x, cache=None):
+    def forward(self, x, cache=None):
         x = self.attn(self.ln1(x), residual=x, cache=cache)        # x + attn(ln1(x))
         return self.mlp(self.ln2(x), residual=x)                   # x + mlp(ln2(x))
 
@@ -143,13 +146,14 @@ class GPT(Module):
     def __init__(self, cfg, seed=0, device="cpu", dtype=np.float32, init=None):
         """init: where the parameters come from (nn.Init); None: drawn from default_rng(seed) on the host in
         `dtype`, then moved to `device`. nn.ShapeOnly() builds the layout alone (see parameter_shapes)."""
+        super().__init__()
         cfg.validate()
         self.config = cfg
         init = init or Init(np.random.default_rng(seed), dtype, get_device(device))
         c = cfg.n_embd
         self.tok_emb = Embedding(cfg.vocab_size, c, init=init)
         self.pos_emb = Embedding(cfg.block_size, c, init=init)
-        self.blocks = [Block(cfg, init) for _ in range(cfg.n_layer)]
+        self.blocks = ModuleList([Block(cfg, init) for _ in range(cfg.n_layer)])
         self.ln_f = LayerNorm(c, bias=cfg.bias, init=init)
         self.lm_head = Linear(c, cfg.vocab_size, bias=cfg.bias, init=init)
         # dropout masks come from this generator, seeded from the model seed (its state goes into checkpoints)
@@ -202,7 +206,7 @@ class GPT(Module):
             raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got [{idx.min()}, {idx.max()}]")
         return self.device.xp.asarray(idx)
 
-    def __call__(self, idx, targets=None, cache=None):
+    def forward(self, idx, targets=None, cache=None):
         """Logits (B, t, V) of tokens idx (B, t), and the mean cross-entropy against targets (B, t) if given.
         cache: from new_cache (generation, under no_grad): idx are the positions after those already in the cache,
         which every block attends to as well and extends with the new keys and values."""
@@ -299,7 +303,7 @@ def sample_next(logits, temperature, top_k, rng):
 def parameter_shapes(cfg):
     """{name: shape} of every parameter of a GPT with this config, in the model's order, read from a GPT built with
     shape-only placeholders (nn.ShapeOnly: no weights allocated, none drawn)."""
-    return {name: p.shape for name, p in GPT(cfg, init=ShapeOnly()).named_parameters()}
+    return {name: tuple(p.shape) for name, p in GPT(cfg, init=ShapeOnly()).named_parameters()}
 
 
 def count_parameters(cfg):

@@ -1,10 +1,10 @@
 """Compiled kernels for the fused layers: numba `@njit` on the CPU (NumPy arrays), numba.cuda on the GPU (CuPy
-arrays). Each kernel has a twin of the same name in functional.py or optim.py: plain array code that states the math
+arrays). Each kernel has a twin of the same name in fused.py or optim.py: plain array code that states the math
 and is the oracle the kernels are tested against (as llm.c keeps its CPU reference beside its CUDA kernels). A twin
 is decorated with `@twin`; calling it runs the kernel this table names for its arrays' device, or the twin itself
 where there is none or kernels are off. Launchers take the twins' arguments and return what the twins return.
 
-| twin (functional.py, optim.py)                 | cpu: kernels/cpu/ | cuda: kernels/cuda/ |
+| twin (fused.py, optim.py)                 | cpu: kernels/cpu/ | cuda: kernels/cuda/ |
 |------------------------------------------------|-------------------|---------------------|
 | embed_forward, embed_backward                  | embedding.py      | -                   |
 | linear_forward, linear_backward                | linear.py         | -                   |

@@ -1,7 +1,7 @@
 """Causal self-attention on the CPU: one parallel kernel for the forward and one for the backward, each over the
 (batch row, head) pairs on numba's threads; the products are single-threaded calls of the BLAS (kernels/cpu/blas.py)
 and the softmax and its backward run in between on the block just computed, while it is in the cache.
-NumPy twins: functional.attention_forward / attention_backward (docs/derivations.md#attention-core). The cache is this
+NumPy twins: fused.attention_forward / attention_backward (docs/derivations.md#attention-core). The cache is this
 module's own (the blocks of P kept for the backward); a backward takes the cache of the forward of the same kind.
 
 Each head's queries are processed in blocks (planned by `blocks()`, the same for every head):
@@ -178,7 +178,7 @@ def _unit_last_stride(a):
 
 
 def attention_forward(q, k, v, keep=None, p=0.0, out=None):
-    """Twin of functional.attention_forward: q (B, H, t, hs); k, v (B, H, Tk, hs), Tk >= t, any strides with unit
+    """Twin of fused.attention_forward: q (B, H, t, hs); k, v (B, H, Tk, hs), Tk >= t, any strides with unit
     last stride (views into a (B, t, 3C) qkv array: no copies); keep: optional boolean keep-mask (B, H, t, Tk);
     out: optional (B, H, t, hs) array or view for y. -> y, cache."""
     lib = blas.find()
@@ -201,7 +201,7 @@ def attention_forward(q, k, v, keep=None, p=0.0, out=None):
 
 
 def attention_backward(dy, cache, out=None):
-    """Twin of functional.attention_backward: -> dq, dk, dv (written into `out` = (dq, dk, dv) when given)."""
+    """Twin of fused.attention_backward: -> dq, dk, dv (written into `out` = (dq, dk, dv) when given)."""
     _, q, k, v, y, kb, ks, blk, pbuf, abuf = cache
     lib = blas.find()
     dy = _unit_last_stride(dy)

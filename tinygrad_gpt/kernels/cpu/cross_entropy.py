@@ -1,5 +1,5 @@
 """Softmax cross-entropy on the CPU: one pass per row for the forward (max, softmax kept for the backward, the row's
-loss), one elementwise pass for the backward. NumPy twins: functional.cross_entropy_forward / _backward
+loss), one elementwise pass for the backward. NumPy twins: fused.cross_entropy_forward / _backward
 (docs/derivations.md#softmax-cross-entropy); the cache is the twin's, (prob, y, rows, shape).
 Dimension names: N rows, V vocabulary.
 """
@@ -49,7 +49,7 @@ def cross_entropy_bwd(prob, y, scale, dz):
 
 
 def cross_entropy_forward(logits, targets):
-    """Twin of functional.cross_entropy_forward: mean over rows of logsumexp(z) - z[y] -> (loss, cache)."""
+    """Twin of fused.cross_entropy_forward: mean over rows of logsumexp(z) - z[y] -> (loss, cache)."""
     v = logits.shape[-1]
     z = np.ascontiguousarray(logits.reshape(-1, v))                # (N, V)
     y = np.ascontiguousarray(targets.reshape(-1), dtype=np.int64)  # (N,)
@@ -65,7 +65,7 @@ def cross_entropy_forward(logits, targets):
 
 
 def cross_entropy_backward(g, cache):
-    """Twin of functional.cross_entropy_backward: dlogits = (softmax - onehot) * g / N."""
+    """Twin of fused.cross_entropy_backward: dlogits = (softmax - onehot) * g / N."""
     prob, y, rows, shape = cache
     n = prob.shape[0]
     dz = np.empty_like(prob)

@@ -1,5 +1,5 @@
 """Inverted dropout with a given keep-mask on the CPU: out = x * keep / (1 - p) in one pass, forward and backward alike
-(the mask is read as bytes, not expanded to a float array). NumPy twin: functional.dropout_apply.
+(the mask is read as bytes, not expanded to a float array). NumPy twin: fused.dropout_apply.
 """
 import numpy as np
 from numba import prange
@@ -15,7 +15,7 @@ def dropout_fwd(x, keep, scale, out):
 
 
 def dropout_apply(x, keep, p):
-    """Twin of functional.dropout_apply: x * keep / (1 - p) for x and a keep-mask of x's shape (bool or 0/1)."""
+    """Twin of fused.dropout_apply: x * keep / (1 - p) for x and a keep-mask of x's shape (bool or 0/1)."""
     keep = np.broadcast_to(keep, x.shape)
     k1 = np.ascontiguousarray(keep).reshape(-1)
     k1 = k1.view(np.uint8) if k1.dtype == bool else (k1 != 0).view(np.uint8)

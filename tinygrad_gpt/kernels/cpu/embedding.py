@@ -1,6 +1,6 @@
 """Token + position embedding on the CPU: the gather and its backward, the scatter-add into the token table and the
 batch sum into the position table, without atomics (each output row or column range has one writer).
-NumPy twins: functional.embed_forward / embed_backward. Dimension names: B batch, t positions, C channels, V rows of
+NumPy twins: fused.embed_forward / embed_backward. Dimension names: B batch, t positions, C channels, V rows of
 the token table.
 """
 import numpy as np
@@ -44,7 +44,7 @@ def embed_bwd(idx, g, d_tok, d_pos):
 
 
 def embed_forward(idx, tok_w, pos_w, pos0=0):
-    """Twin of functional.embed_forward: x = tok_w[idx] + pos_w[pos0 : pos0 + t] (B, t, C)."""
+    """Twin of fused.embed_forward: x = tok_w[idx] + pos_w[pos0 : pos0 + t] (B, t, C)."""
     bsz, t = idx.shape
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     if idx.size and (idx.min() < 0 or idx.max() >= tok_w.shape[0]):   # the kernel reads tok_w[idx] unchecked
@@ -58,7 +58,7 @@ def embed_forward(idx, tok_w, pos_w, pos0=0):
 
 
 def embed_backward(idx, g, n_tok, n_pos):
-    """Twin of functional.embed_backward: -> d_tok (V, C), d_pos (T, C)."""
+    """Twin of fused.embed_backward: -> d_tok (V, C), d_pos (T, C)."""
     c = g.shape[-1]
     d_tok = np.empty((n_tok, c), g.dtype)
     d_pos = np.empty((n_pos, c), g.dtype)

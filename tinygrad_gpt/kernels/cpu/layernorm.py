@@ -1,5 +1,5 @@
 """LayerNorm forward and backward on the CPU, one pass over each row (llm.c's layernorm_forward/backward shape).
-NumPy twins: functional.layer_norm_forward / layer_norm_backward (formulas in docs/derivations.md#layernorm).
+NumPy twins: fused.layer_norm_forward / layer_norm_backward (formulas in docs/derivations.md#layernorm).
 
 Cache (the twins' too): (x, mean, rstd, w) with mean and rstd (..., 1): the backward recomputes xhat = (x - mean) *
 rstd from x, which the graph keeps anyway, instead of storing an (N, C) xhat.
@@ -70,7 +70,7 @@ def layer_norm_bwd(g, x, mean, rstd, w, dx, dw_part, db_part):
 
 
 def layer_norm_forward(x, w, b, eps=1e-5):
-    """Twin of functional.layer_norm_forward: x (..., C) -> y, cache (x, mean, rstd (..., 1), w)."""
+    """Twin of fused.layer_norm_forward: x (..., C) -> y, cache (x, mean, rstd (..., 1), w)."""
     lead, c = x.shape[:-1], x.shape[-1]
     x2 = np.ascontiguousarray(x.reshape(-1, c))                    # (N, C)
     n, ft = x2.shape[0], x2.dtype.type
@@ -83,7 +83,7 @@ def layer_norm_forward(x, w, b, eps=1e-5):
 
 
 def layer_norm_backward(g, cache):
-    """Twin of functional.layer_norm_backward: -> dx (..., C), dw (C,), db (C,)."""
+    """Twin of fused.layer_norm_backward: -> dx (..., C), dw (C,), db (C,)."""
     x, mean, rstd, w = cache
     c = g.shape[-1]
     g2 = np.ascontiguousarray(g.reshape(-1, c))                    # (N, C)

@@ -2,7 +2,7 @@
 threads (each thread one single-threaded BLAS call, kernels/cpu/blas.py) and the elementwise work fused to them:
 the forward's epilogue (bias, activation, residual) runs on each thread's rows right after its product, while they
 are in the cache; the backward's activation derivative is fused with the bias gradient (column sums).
-NumPy twins: functional.linear_forward / linear_backward.
+NumPy twins: fused.linear_forward / linear_backward.
 
 Activations: None, "relu", "gelu" (the tanh form, GPT-2's and torch's gelu(approximate="tanh")); numba removes the
 code for an argument that is None (a missing bias, residual or bias gradient) when it compiles.
@@ -159,7 +159,7 @@ def _pieces():
 
 
 def linear_forward(x, w, b=None, activation=None, residual=None):
-    """Twin of functional.linear_forward: x (N, I), W (D, I) -> y (N, D) = act(x W^T + b) + residual, saved."""
+    """Twin of fused.linear_forward: x (N, I), W (D, I) -> y (N, D) = act(x W^T + b) + residual, saved."""
     lib = blas.find()
     x = np.ascontiguousarray(x)
     n, d = x.shape[0], w.shape[0]
@@ -176,7 +176,7 @@ def linear_forward(x, w, b=None, activation=None, residual=None):
 
 
 def linear_backward(g, x, w, bias=True, saved=None, activation=None):
-    """Twin of functional.linear_backward: g (N, D) *= act'(.) in place when there is an activation; -> dx (N, I),
+    """Twin of fused.linear_backward: g (N, D) *= act'(.) in place when there is an activation; -> dx (N, I),
     dW (D, I), db (D,) or None."""
     lib = blas.find()
     g = g if g.flags.c_contiguous else np.ascontiguousarray(g)

@@ -1,6 +1,6 @@
 """The attention core: causal masked scaled softmax forward and backward, one block per row (or per few rows) of the
 scores; the products q k^T, A v, dY V^T, dS K and dS^T Q stay strided-batched matmuls (cuBLAS through CuPy).
-NumPy twins: functional.attention_forward / functional.attention_backward (docs/derivations.md#attention-core).
+NumPy twins: fused.attention_forward / fused.attention_backward (docs/derivations.md#attention-core).
 
 A score row belongs to query i of t (the last t of Tk positions) and sees keys j <= i + (Tk - t); the kernel reads
 only those, writes exactly 0 to the others, folds the 1/sqrt(hs) scale into the softmax (forward) and into dS
@@ -111,7 +111,7 @@ def _mask_rows(xp, mask, shape, n_rows, tk, dtype):
 
 
 def keep_scale(xp, keep, p, dtype):
-    """The keep-mask times 1 / (1 - p) in `dtype`, as functional.keep_scale (a NumPy scalar: no host-to-device copy)."""
+    """The keep-mask times 1 / (1 - p) in `dtype`, as fused.keep_scale (a NumPy scalar: no host-to-device copy)."""
     return keep * np.dtype(dtype).type(1.0 / (1.0 - p))
 
 
@@ -143,7 +143,7 @@ def causal_softmax_backward(dp, prob, t, scale, mask=None, *, config=None):
 
 
 def attention_forward(q, k, v, keep=None, p=0.0, out=None, *, config=None):
-    """Twin of functional.attention_forward: q (B, H, t, hs); k, v (B, H, Tk, hs) -> y (B, H, t, hs), cache; y is
+    """Twin of fused.attention_forward: q (B, H, t, hs); k, v (B, H, Tk, hs) -> y (B, H, t, hs), cache; y is
     also written into `out` (an array or view) when given."""
     xp = array_module(q)
     q, k, v = (xp.ascontiguousarray(a) for a in (q, k, v))        # views of qkv: the products want them packed
@@ -160,7 +160,7 @@ def attention_forward(q, k, v, keep=None, p=0.0, out=None, *, config=None):
 
 
 def attention_backward(dy, cache, out=None, *, config=None):
-    """Twin of functional.attention_backward: -> dq, dk, dv (also written into `out` = (dq, dk, dv) when given)."""
+    """Twin of fused.attention_backward: -> dq, dk, dv (also written into `out` = (dq, dk, dv) when given)."""
     q, k, v, prob, a, mask, scale = cache
     xp = array_module(dy)
     dy = xp.ascontiguousarray(dy)

@@ -1,6 +1,6 @@
 """Softmax cross-entropy: the forward fuses the row max, the softmax (kept for backward) and each row's loss in one
 pass per row; the backward writes dlogits = (softmax - onehot) * g / N in one elementwise pass.
-NumPy twins: functional.cross_entropy_forward / functional.cross_entropy_backward
+NumPy twins: fused.cross_entropy_forward / fused.cross_entropy_backward
 (docs/derivations.md#softmax-cross-entropy). The cache is the twin's cache, (prob, y, rows, shape).
 Dimension names: N rows, V vocabulary.
 """
@@ -69,7 +69,7 @@ BACKWARD = Kernel("cross_entropy_bwd", _make_backward, "void({f}[::1], int64[::1
 
 
 def cross_entropy_forward(logits, targets, *, config=None):
-    """Twin of functional.cross_entropy_forward: the mean loss as a 0-d device array (no host sync), cache."""
+    """Twin of fused.cross_entropy_forward: the mean loss as a 0-d device array (no host sync), cache."""
     xp = array_module(logits)
     v = logits.shape[-1]
     z = xp.ascontiguousarray(logits.reshape(-1, v))                # (N, V)
@@ -84,7 +84,7 @@ def cross_entropy_forward(logits, targets, *, config=None):
 
 
 def cross_entropy_backward(g, cache, *, config=None):
-    """Twin of functional.cross_entropy_backward: dlogits of the mean loss times the upstream g (a scalar)."""
+    """Twin of fused.cross_entropy_backward: dlogits of the mean loss times the upstream g (a scalar)."""
     prob, y, _, shape = cache
     xp = array_module(prob)
     prob = xp.ascontiguousarray(prob)                              # (N, V)

@@ -1,5 +1,5 @@
 """Inverted dropout with a given keep-mask: out = x * (keep ? 1 / (1 - p) : 0) in one elementwise pass, forward and
-backward alike (the mask is not expanded to a float array). NumPy twin: functional.dropout_apply.
+backward alike (the mask is not expanded to a float array). NumPy twin: fused.dropout_apply.
 """
 from numba import cuda
 
@@ -26,7 +26,7 @@ APPLY = Kernel("dropout_apply", _make, "void({f}[::1], boolean[::1], {f}, {f}[::
 
 
 def dropout_apply(x, keep, p, *, config=None):
-    """Twin of functional.dropout_apply: x * keep / (1 - p) for an array x and a keep-mask of x's shape (bool, or
+    """Twin of fused.dropout_apply: x * keep / (1 - p) for an array x and a keep-mask of x's shape (bool, or
     0/1 of any dtype)."""
     xp = array_module(x)
     if keep.dtype != bool:

@@ -1,5 +1,5 @@
 """LayerNorm forward and backward, one block per row (or per few rows).
-NumPy twins: functional.layer_norm_forward / functional.layer_norm_backward (formulas in docs/derivations.md).
+NumPy twins: fused.layer_norm_forward / fused.layer_norm_backward (formulas in docs/derivations.md).
 
 The caches are the twins' caches, (x, mean (..., 1), rstd (..., 1), w): the backward recomputes xhat from x (which
 the graph keeps anyway) instead of reading an (N, C) xhat, so either backward accepts either forward's cache.
@@ -103,7 +103,7 @@ _BWD_MAX_GRID = 1024   # LayerNorm backward: at most this many blocks, so dw_par
 
 
 def layer_norm_forward(x, w, b, eps=1e-5, *, config=None):
-    """Twin of functional.layer_norm_forward: x (..., C) -> y, cache (x, mean (..., 1), rstd (..., 1), w)."""
+    """Twin of fused.layer_norm_forward: x (..., C) -> y, cache (x, mean (..., 1), rstd (..., 1), w)."""
     xp = array_module(x)
     lead, c = x.shape[:-1], x.shape[-1]
     x2 = xp.ascontiguousarray(x.reshape(-1, c))                    # (N, C)
@@ -119,7 +119,7 @@ def layer_norm_forward(x, w, b, eps=1e-5, *, config=None):
 
 
 def layer_norm_backward(g, cache, *, config=None):
-    """Twin of functional.layer_norm_backward: -> dx (..., C), dw (C,), db (C,)."""
+    """Twin of fused.layer_norm_backward: -> dx (..., C), dw (C,), db (C,)."""
     x, mean, rstd, w = cache
     xp = array_module(g)
     c = g.shape[-1]

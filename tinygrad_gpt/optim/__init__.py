@@ -1,4 +1,5 @@
-"""AdamW with torch.optim.AdamW's exact semantics (SPEC section 3), on one flat buffer per parameter group.
+"""AdamW with torch.optim.AdamW's exact semantics (SPEC section 3), on one flat buffer per parameter group; Adam
+and SGD beside it; `lr_scheduler` (torch.optim.lr_scheduler's CosineAnnealingLR, LambdaLR, StepLR).
 
 At construction each group's parameters are copied into one contiguous array and every parameter's `.data`
 becomes a view into it, so a step is one pass over each buffer (the update's kernel) instead of a loop of small ones.
@@ -9,18 +10,26 @@ import math
 
 import numpy as np
 
-from .backend import array_module, to_device, to_host
-from .kernels import twin
+from ..backend import array_module, to_device, to_host
+from ..errors import UnsupportedError, unsupported_getattr
+from ..kernels import twin
+from . import lr_scheduler  # noqa: F401  (torch.optim.lr_scheduler)
+
+__getattr__ = unsupported_getattr("torch.optim")
 
 
 class _Group:
-    def __init__(self, params, lr, weight_decay):
+    """One parameter group: its parameters, lr and weight_decay, and its flat buffers. It reads and writes like
+    torch's param_groups dicts (`group["lr"] = 1e-4`, what schedulers and nanoGPT-style loops do)."""
+
+    def __init__(self, params, lr, weight_decay, owner=None, extra=None):
         self.params, self.lr, self.weight_decay = params, lr, weight_decay
+        self.owner, self.extra = owner, dict(extra or {})
         xp, dtype = params[0].xp, params[0].dtype
         for p in params:
             if p.device != params[0].device or p.dtype != dtype:
                 raise ValueError("AdamW: all parameters of a group must share one device and dtype")
-        sizes = [p.size for p in params]
+        sizes = [p.numel() for p in params]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
         self.flat = xp.empty(self.offsets[-1], dtype=dtype)           # all parameters of the group, end to end
         for p, a, b in zip(params, self.offsets, self.offsets[1:]):
@@ -35,6 +44,45 @@ class _Group:
 
     def views(self, flat):
         return [flat[a:b].reshape(p.shape) for p, a, b in zip(self.params, self.offsets, self.offsets[1:])]
+
+    # ---- torch's param_groups dict surface ---------------------------------------------------------------------
+    _ATTRS = ("params", "lr", "weight_decay")
+
+    def __getitem__(self, key):
+        if key in self._ATTRS:
+            return getattr(self, key)
+        if key in self.owner.hyper:
+            return self.owner.hyper[key]
+        return self.extra[key]
+
+    def __setitem__(self, key, value):
+        if key in ("lr", "weight_decay"):
+            setattr(self, key, float(value))
+        elif key in self.owner.hyper:
+            if value != self.owner.hyper[key]:
+                raise UnsupportedError(f"per-group {key!r} in {type(self.owner).__name__}",
+                                       "it is one setting for the whole optimizer")
+        elif key == "params":
+            raise UnsupportedError("assigning a group's 'params'", "build a new optimizer")
+        else:
+            self.extra[key] = value
+
+    def __contains__(self, key):
+        return key in self._ATTRS or key in self.owner.hyper or key in self.extra
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def keys(self):
+        return list(self._ATTRS) + list(self.owner.hyper) + list(self.extra)
+
+    def items(self):
+        return [(k, self[k]) for k in self.keys()]
 
     @property
     def grad(self):
@@ -52,22 +100,44 @@ class _Group:
 
 
 class AdamW:
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, max_grad_norm=None):
+    """torch.optim.AdamW (SPEC section 3): decoupled weight decay, bias-corrected moments, one flat buffer per group.
+    params: parameters, or dicts {"params": [...], "lr": ..., "weight_decay": ...} (groups). max_grad_norm: clip the
+    global gradient norm inside step() (this engine's; torch users call nn.utils.clip_grad_norm_ before step).
+    torch's speed switches (foreach, fused, capturable) are accepted and change nothing here."""
+    decoupled = True                                             # weight decay on the weights (AdamW), not the grads
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, amsgrad=False, *,
+                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
+                 max_grad_norm=None):
+        if amsgrad or maximize or differentiable:
+            raise UnsupportedError(f"{type(self).__name__}(amsgrad/maximize/differentiable=True)")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"Invalid betas: {betas}")
         params = list(params)
         if not params:
-            raise ValueError("AdamW: no parameters to optimize")
+            raise ValueError(f"{type(self).__name__}: no parameters to optimize (an empty parameter list)")
         if not isinstance(params[0], dict):
             params = [{"params": params}]
+        self.hyper = {"betas": tuple(betas), "eps": eps}
+        self.defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
         self.groups = []
         for g in params:
             ps = list(g["params"])
+            extra = {k: v for k, v in g.items() if k not in ("params", "lr", "weight_decay")}
             if ps:
-                self.groups.append(_Group(ps, g.get("lr", lr), g.get("weight_decay", weight_decay)))
+                self.groups.append(_Group(ps, g.get("lr", lr), g.get("weight_decay", weight_decay), self, extra))
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.max_grad_norm = max_grad_norm
         self.t = 0
         self.last_grad_norm = None
+
+    @property
+    def param_groups(self):
+        """torch's name for the groups (each reads and writes like a dict: group["lr"])."""
+        return self.groups
 
     @property
     def lr(self):
@@ -80,25 +150,29 @@ class AdamW:
     def parameters(self):
         return [p for g in self.groups for p in g.params]
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=True):
+        """Drop the gradients (set_to_none=True, torch's default) or set them to zero in place."""
         for p in self.parameters():
-            p.grad = None
+            if set_to_none or p._grad is None:
+                p.grad = None
+            else:
+                p._grad[...] = 0
 
     def clip_grad_norm(self, max_norm):
         """Scale all gradients by min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_; returns the
         total norm before clipping."""
-        return _clip_arrays([p.grad for p in self.parameters() if p.grad is not None], max_norm)
+        return _clip_arrays([p._grad for p in self.parameters() if p._grad is not None], max_norm)
 
     def gather_grads(self):
-        """Bring every parameter's .grad into its group's flat gradient buffer `grp.grad` (backward() already wrote it
-        there unless p.grad was replaced). A group where some parameter has no gradient is marked partial
+        """Bring every parameter's gradient into its group's flat gradient buffer `grp.grad` (backward() already wrote
+        it there unless p.grad was replaced). A group where some parameter has no gradient is marked partial
         (`grp.whole = False`) and keeps its gradients in p.grad. Returns True when every group is whole."""
         for grp in self.groups:
-            grp.whole = all(p.grad is not None for p in grp.params)
+            grp.whole = all(p._grad is not None for p in grp.params)
             if grp.whole:
                 for p, g in zip(grp.params, grp.grad_views):
-                    if p.grad is not g:
-                        g[...] = p.grad
+                    if p._grad is not g:
+                        g[...] = p._grad
         return all(grp.whole for grp in self.groups)
 
     def _grad_arrays(self):
@@ -107,10 +181,11 @@ class AdamW:
             if grp.whole:
                 yield from grp.grad_views
             else:
-                yield from (p.grad for p in grp.params if p.grad is not None)
+                yield from (p._grad for p in grp.params if p._grad is not None)
 
-    def step(self, grad_hook=None):
-        """One AdamW update from the parameters' .grad.
+    def step(self, closure=None, grad_hook=None):
+        """One update from the parameters' gradients; closure (torch's): a function that recomputes the loss, called
+        first (with gradients on), whose result step() returns.
 
         Order: gradients are gathered into the flat buffers, then grad_hook(self) runs (if given), then the global
         norm is clipped (max_grad_norm), then the update. Data-parallel training passes a hook that averages the
@@ -118,6 +193,11 @@ class AdamW:
         a hook that raises leaves the parameters and the optimizer state untouched. With a hook, every parameter
         needs a gradient. (p.grad is normally a view of the flat buffer, so it sees the hook's averaging and the
         clipping.)"""
+        loss = None
+        if closure is not None:
+            from ..tensor import enable_grad
+            with enable_grad():
+                loss = closure()
         whole = self.gather_grads()
         if grad_hook is not None:
             if not whole:
@@ -132,12 +212,13 @@ class AdamW:
                 grp.steps = [grp.steps[0] + 1] * len(grp.params)
                 self._update(grp.flat, grp.grad, grp.exp_avg, grp.exp_avg_sq, grp, grp.steps[0], coef)
             else:  # torch skips parameters without a gradient: update the others one by one, each at its own step
-                grads = grp.grad_views if grp.whole else [p.grad for p in grp.params]
+                grads = grp.grad_views if grp.whole else [p._grad for p in grp.params]
                 ms, vs = grp.views(grp.exp_avg), grp.views(grp.exp_avg_sq)
                 for i, (p, g) in enumerate(zip(grp.params, grads)):
                     if g is not None:
                         grp.steps[i] += 1
                         self._update(p.data, g, ms[i], vs[i], grp, grp.steps[i], coef)
+        return loss
 
     def _update(self, p, g, m, v, grp, t, coef):
         """One AdamW update of p, m, v from g * coef at step t (bias corrections 1 - beta1^t, sqrt(1 - beta2^t))."""
@@ -145,11 +226,12 @@ class AdamW:
                      1.0 - self.beta1 ** t, math.sqrt(1.0 - self.beta2 ** t), coef)
 
     def state_dict(self):
-        """{"step": t, "steps": [per parameter], "exp_avg": [...], "exp_avg_sq": [...]}: host arrays in parameter
-        order."""
+        """{"step": t, "steps": [per parameter], "exp_avg": [...], "exp_avg_sq": [...], "lr": [per group]}: host
+        arrays in parameter order."""
         m = [to_host(a).copy() for g in self.groups for a in g.views(g.exp_avg)]
         v = [to_host(a).copy() for g in self.groups for a in g.views(g.exp_avg_sq)]
-        return {"step": self.t, "steps": [n for g in self.groups for n in g.steps], "exp_avg": m, "exp_avg_sq": v}
+        return {"step": self.t, "steps": [n for g in self.groups for n in g.steps], "exp_avg": m, "exp_avg_sq": v,
+                "lr": [g.lr for g in self.groups]}
 
     def load_state_dict(self, state):
         params = self.parameters()
@@ -158,16 +240,86 @@ class AdamW:
                 raise ValueError(f"AdamW.load_state_dict: {len(state[key])} {key} arrays for {len(params)} parameters")
         views = [(a, b) for g in self.groups for a, b in zip(g.views(g.exp_avg), g.views(g.exp_avg_sq))]
         for p, (m, v), sm, sv in zip(params, views, state["exp_avg"], state["exp_avg_sq"]):
+            sm, sv = np.asarray(sm), np.asarray(sv)
             if tuple(sm.shape) != p.shape or tuple(sv.shape) != p.shape:
                 raise ValueError(f"AdamW.load_state_dict: moment shape {tuple(sm.shape)} for a parameter of {p.shape}")
-            m[...] = to_device(np.asarray(sm), p.device)
-            v[...] = to_device(np.asarray(sv), p.device)
+            m[...] = to_device(sm, p.device)
+            v[...] = to_device(sv, p.device)
         self.t = int(state["step"])
         steps = [int(n) for n in state.get("steps") or [self.t] * len(params)]   # older states: one shared count
         if len(steps) != len(params):
             raise ValueError(f"AdamW.load_state_dict: {len(steps)} step counts for {len(params)} parameters")
         for g in self.groups:
             g.steps, steps = steps[:len(g.params)], steps[len(g.params):]
+        for g, lr in zip(self.groups, state.get("lr") or ()):
+            g.lr = float(lr)
+
+
+class Adam(AdamW):
+    """torch.optim.Adam: AdamW's update with weight decay added to the gradient (L2, coupled) instead of applied to
+    the weights; weight_decay defaults to 0, where the two are the same."""
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, **kw):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kw)
+
+    def _update(self, p, g, m, v, grp, t, coef):
+        if grp.weight_decay:
+            g = g * g.dtype.type(coef) + p * g.dtype.type(grp.weight_decay)   # g + wd * p (torch's order)
+            coef = 1.0
+        adamw_update(p, g, m, v, grp.lr, self.beta1, self.beta2, self.eps, 0.0,
+                     1.0 - self.beta1 ** t, math.sqrt(1.0 - self.beta2 ** t), coef)
+
+
+class SGD:
+    """torch.optim.SGD: p -= lr * g, with weight_decay (g + wd p), momentum (buf = momentum buf + (1 - dampening) g,
+    the first step buf = g) and nesterov (g + momentum buf)."""
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
+                 maximize=False, foreach=None, differentiable=False, fused=None):
+        if maximize or differentiable:
+            raise UnsupportedError("SGD(maximize/differentiable=True)")
+        params = list(params)
+        if not params:
+            raise ValueError("SGD: no parameters to optimize (an empty parameter list)")
+        if not isinstance(params[0], dict):
+            params = [{"params": params}]
+        self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
+        self.param_groups = [{"params": list(g["params"]), "lr": g.get("lr", lr),
+                              "weight_decay": g.get("weight_decay", weight_decay)} for g in params]
+        self.defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        self.buffers = {}
+
+    def zero_grad(self, set_to_none=True):
+        for g in self.param_groups:
+            for p in g["params"]:
+                if set_to_none or p._grad is None:
+                    p.grad = None
+                else:
+                    p._grad[...] = 0
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            from ..tensor import enable_grad
+            with enable_grad():
+                loss = closure()
+        for grp in self.param_groups:
+            lr, wd = grp["lr"], grp["weight_decay"]
+            for p in grp["params"]:
+                if p._grad is None:
+                    continue
+                d = p._grad if not wd else p._grad + p.data * p.dtype.type(wd)
+                if self.momentum:
+                    buf = self.buffers.get(id(p))
+                    if buf is None:
+                        buf = self.buffers[id(p)] = d.copy()
+                    else:
+                        buf *= p.dtype.type(self.momentum)
+                        buf += d * p.dtype.type(1 - self.dampening)
+                    d = d + buf * p.dtype.type(self.momentum) if self.nesterov else buf
+                p.data -= d * p.dtype.type(lr)
+        return loss
 
 
 @twin
