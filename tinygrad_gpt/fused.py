@@ -220,14 +220,14 @@ def causal_bias(t, tk, dtype, xp=np):
 
 
 @twin
-def attention_forward(q, k, v, keep=None, p=0.0, out=None):
+def attention_forward(q, k, v, keep=None, p=0.0, out=None, scale=None):
     """Scaled masked softmax attention. q (B, H, t, hs); k, v (B, H, Tk, hs) with Tk >= t (the queries are the last t
     positions); any strides (views into a (B, t, 3C) qkv array work). keep: optional boolean dropout keep-mask
-    (B, H, t, Tk). out: optional (B, H, t, hs) array (or view) to write y into. Returns y and the backward's cache
-    (q, k, v, P, A, M / (1 - p) or None, scale)."""
+    (B, H, t, Tk). out: optional (B, H, t, hs) array (or view) to write y into. scale: of the scores, hs**-0.5 by
+    default. Returns y and the backward's cache (q, k, v, P, A, M / (1 - p) or None, scale)."""
     xp = _xp(q)
     t, hs = q.shape[-2], q.shape[-1]
-    scale = q.dtype.type(hs ** -0.5)                               # a NumPy scalar: stays in q's dtype
+    scale = q.dtype.type(hs ** -0.5 if scale is None else scale)   # a NumPy scalar: stays in q's dtype
     s = (q @ k.swapaxes(-1, -2)) * scale                           # (B, H, t, Tk) S = q k^T / sqrt(hs)
     s += causal_bias(t, k.shape[-2], s.dtype, xp)                  # -inf where key j comes after query i
     s -= s.max(axis=-1, keepdims=True)                             # finite: key j = i is always visible
@@ -299,6 +299,32 @@ def self_attention(qkv, n_head, keep=None, p=0.0):
 def keep_scale(keep, p, dtype):
     """The boolean keep-mask times 1 / (1 - p), in `dtype` (a bare Python float would make it float64)."""
     return keep * np.dtype(dtype).type(1.0 / (1.0 - p))          # a NumPy scalar: no device copy, no upcast
+
+
+# splitmix64's constants (Steele, Lea, Flood 2014): the increment and the two multipliers of its output mix
+MIX_STEP, MIX_A, MIX_B = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def keep_threshold(p):
+    """Element i is kept when the top 32 bits of its hash are >= this: probability 1 - p (to within 2**-32)."""
+    return min(1 << 32, int(round(p * (1 << 32))))
+
+
+@twin
+def dropout_keep_mask(keep, seed, p):
+    """Fill the boolean array `keep` in place with a dropout keep-mask: element i (in C order) is kept when the top 32
+    bits of splitmix64's hash of (seed + (i + 1) * MIX_STEP) reach keep_threshold(p). A counter-based generator: each
+    element's draw depends on (seed, i) alone, so a mask is the same bits however the work is split over threads, and
+    the compiled kernel gives the bits this code gives. `seed` (0 <= seed < 2**64) comes from the default generator
+    (rng.py), one per mask."""
+    xp = _xp(keep)
+    u = np.uint64
+    z = (xp.arange(1, keep.size + 1, dtype=u) * u(MIX_STEP)) + u(seed)    # wraps modulo 2**64
+    z = (z ^ (z >> u(30))) * u(MIX_A)
+    z = (z ^ (z >> u(27))) * u(MIX_B)
+    z ^= z >> u(31)
+    keep.reshape(-1)[...] = (z >> u(32)) >= u(keep_threshold(p))
+    return keep
 
 
 @twin

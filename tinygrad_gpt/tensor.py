@@ -37,6 +37,7 @@ import numpy as np
 from . import rng as _rng
 from .backend import CPU, DeviceError, device_of, get_device, to_device, to_host
 from .errors import UnsupportedError
+from .kernels import twin
 
 
 class TensorError(RuntimeError, ValueError):
@@ -233,6 +234,20 @@ def _sizes(args, op):
         raise TypeError(f"{op}: sizes must be ints, got {args!r}") from None
 
 
+@twin
+def batched_matmul(a, b):
+    """a @ b for float arrays of at least 2 dimensions and one dtype, batch axes broadcast (NumPy's matmul). On the
+    CPU its kernel (kernels/cpu/matmul.py) runs the products on numba's threads, one BLAS call per piece."""
+    return a @ b
+
+
+def _mm(a, b):
+    """a @ b: the twin above where it applies, NumPy's (or CuPy's) matmul for the rest (1-D operands, integers)."""
+    if a.ndim >= 2 and b.ndim >= 2 and a.dtype == b.dtype and a.dtype.kind == "f":
+        return batched_matmul(a, b)
+    return a @ b
+
+
 _erf_numpy = None  # the cpu erf, made by the first _erf call (numba is imported only then) and kept for the process
 
 
@@ -264,8 +279,8 @@ def _make_erf():
 
 
 class Tensor:
-    __slots__ = ("data", "_grad", "_grad_tensor", "requires_grad", "device", "_parents", "_backward", "_op",
-                 "grad_buffer", "_uses", "_pattern", "__weakref__")
+    __slots__ = ("data", "_grad", "_grad_tensor", "_grad_owned", "requires_grad", "device", "_parents", "_backward",
+                 "_op", "grad_buffer", "_uses", "_pattern", "_version", "__weakref__")
     __array_priority__ = 1000  # so that `ndarray * Tensor` defers to Tensor.__rmul__
 
     def __init__(self, data, requires_grad=False, device=None, dtype=None):
@@ -274,6 +289,7 @@ class Tensor:
         self.device = get_device(device)
         self.data = _as_array(data, self.device, dtype)
         self._grad = self._grad_tensor = None
+        self._grad_owned = False   # an inner node's gradient is its own array (not another node's): add in place
         self.requires_grad = bool(requires_grad)
         if self.requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"only floating-point tensors can require gradients, not {self.data.dtype}")
@@ -283,7 +299,8 @@ class Tensor:
         # where backward() puts a leaf's first gradient instead of a new array (an optimizer's flat buffer view)
         self.grad_buffer = None
         self._uses = 0          # graph nodes recorded with this tensor as a parent (in-place ops check it)
-        self._pattern = None    # what a fused op may read instead of this tensor's data (see nn/functional.py)
+        self._pattern = None    # set on the nodes of a pattern a fused op may replace (patterns.py)
+        self._version = 0       # in-place writes so far (a pending node checks its inputs' against it)
 
     # ---- construction of graph nodes -------------------------------------------------------------------------
     @classmethod
@@ -293,8 +310,9 @@ class Tensor:
         # asarray: NumPy returns scalars, not 0-d arrays, from ops on 0-d arrays and from full reductions
         out.data, out._grad, out._grad_tensor, out.device, out._op = \
             parents[0].xp.asarray(data), None, None, parents[0].device, op
+        out._grad_owned = False
         out.grad_buffer = out._pattern = None
-        out._uses = 0
+        out._uses = out._version = 0
         out.requires_grad = _grad_enabled and any(p.requires_grad for p in parents)
         if out.requires_grad:
             out._parents, out._backward = parents, backward
@@ -309,7 +327,9 @@ class Tensor:
         """A leaf holding `array` itself (no copy, no checks): views of gradients and state dicts."""
         out = cls.__new__(cls)
         out.data, out.device, out._grad, out._grad_tensor, out.requires_grad = array, device, None, None, False
-        out._parents, out._backward, out._op, out.grad_buffer, out._uses, out._pattern = (), None, None, None, 0, None
+        out._grad_owned = False
+        out._parents, out._backward, out._op, out.grad_buffer, out._pattern = (), None, None, None, None
+        out._uses = out._version = 0
         return out
 
     def _lift(self, other):
@@ -568,10 +588,11 @@ class Tensor:
                 self._grad = self.grad_buffer
             else:
                 self._grad = self.xp.array(g)                          # a 0-d array, not a scalar
-        elif self._op is None:
+        elif self._op is None or self._grad_owned:
             self._grad += g
-        else:
+        else:                                 # the first gradient may be another node's array: add into a new one
             self._grad = self._grad + g
+            self._grad_owned = True
 
     def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
         """Accumulate d(self)/d(leaf) into every leaf's `.grad`; frees the graph it walked."""
@@ -621,7 +642,7 @@ class Tensor:
             # free the graph: inner nodes drop their parents, closure (and its saved arrays) and gradient
             for p in node._parents:
                 p._uses -= 1
-            node._parents, node._backward, node._grad = (), None, None
+            node._parents, node._backward, node._grad, node._grad_owned = (), None, None, False
 
     # ---- elementwise arithmetic ------------------------------------------------------------------------------
     def _binary(self, other, fwd, bwd, op, floating=False):
@@ -912,6 +933,7 @@ class Tensor:
         except ValueError:
             raise TensorError(f"{op}: a result of shape {tuple(np.shape(data))} does not fit the tensor's shape "
                               f"{tuple(self.shape)} in place") from None
+        self._version += 1
         return self
 
     def _rebind(self, make, op):
@@ -932,6 +954,7 @@ class Tensor:
             out.data, out.requires_grad, out._parents, out._backward, out._op
         self._grad = self._grad_tensor = None
         self._uses = 0
+        self._version += 1
         return self
 
     def _inplace(self, other, fn, op):
@@ -967,6 +990,7 @@ class Tensor:
         if self._graph_with(src):
             return self._rebind(lambda old: _replaced(old, self._lift(src)), "copy_")
         self.data[...] = _as_array(src, self.device, None)
+        self._version += 1
         return self
 
     def zero_(self):
@@ -976,6 +1000,7 @@ class Tensor:
         if self._graph_with(value):
             return self._rebind(lambda old: _replaced(old, self._lift(value)), "fill_")
         self.data[...] = value.data if isinstance(value, Tensor) else value
+        self._version += 1
         return self
 
     def normal_(self, mean=0.0, std=1.0, generator=None):
@@ -992,6 +1017,7 @@ class Tensor:
             raise RuntimeError(f"{op}: a leaf tensor that requires grad cannot be changed in place; do it under "
                                "torch.no_grad() (nn.init functions do)")
         self.data[...] = to_device(draw.astype(self.dtype), self.device)
+        self._version += 1
         return self
 
     def _augmented(self, other, fn, op):
@@ -1023,6 +1049,7 @@ class Tensor:
             if isinstance(value, Tensor) and value.device != self.device:
                 raise DeviceError(f"tensors on different devices: {self.device} and {value.device}")
             self.data[index] = v
+            self._version += 1
             return
         value = self._lift(value)
 
@@ -1436,12 +1463,16 @@ class Tensor:
 
     # ---- matmul ----------------------------------------------------------------------------------------------
     def __matmul__(self, other):
+        if isinstance(other, Tensor) and self._op is not None and other._op is not None:
+            pending = _patterns.scores(self, other)     # attention scores q @ kT: made when read (patterns.py)
+            if pending is not None:
+                return pending
         other = self._lift(other)
         a, b = _promote(self.data, other.data)
         if a.ndim == 0 or b.ndim == 0:
             raise TensorError(f"matmul: 0-d operands are not allowed (shapes {a.shape} and {b.shape}), use *")
         try:
-            out = a @ b
+            out = _mm(a, b)
         except ValueError:
             raise TensorError(f"matmul: shapes {a.shape} and {b.shape} are not aligned") from None
         xp = self.xp
@@ -1457,8 +1488,8 @@ class Tensor:
                 g2 = xp.expand_dims(g2, -2)
             if b.ndim == 1:
                 g2 = xp.expand_dims(g2, -1)
-            ga = g2 @ xp.swapaxes(b2, -1, -2)          # dL/dA = dL/dY B^T
-            gb = xp.swapaxes(a2, -1, -2) @ g2          # dL/dB = A^T dL/dY
+            ga = _mm(g2, xp.swapaxes(b2, -1, -2))      # dL/dA = dL/dY B^T
+            gb = _mm(xp.swapaxes(a2, -1, -2), g2)      # dL/dB = A^T dL/dY
             if a.ndim == 1:
                 ga = ga.reshape(ga.shape[:-2] + ga.shape[-1:])
                 ga = unbroadcast(ga, a.shape)
@@ -1656,3 +1687,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
     if dtype is not None:
         arr = arr.astype(dtype, copy=False)
     return Tensor(arr, requires_grad=requires_grad, device=dev)
+
+
+# the attention chain (patterns.py) builds on Tensor: imported last, when Tensor and the helpers above exist
+from . import patterns as _patterns  # noqa: E402

@@ -1,5 +1,5 @@
 """Compiled kernels for the fused layers: numba `@njit` on the CPU (NumPy arrays), numba.cuda on the GPU (CuPy
-arrays). Each kernel has a twin of the same name in fused.py or optim.py: plain array code that states the math
+arrays). Each kernel has a twin of the same name in fused.py, optim or tensor.py: plain array code that states the math
 and is the oracle the kernels are tested against (as llm.c keeps its CPU reference beside its CUDA kernels). A twin
 is decorated with `@twin`; calling it runs the kernel this table names for its arrays' device, or the twin itself
 where there is none or kernels are off. Launchers take the twins' arguments and return what the twins return.
@@ -14,7 +14,9 @@ where there is none or kernels are off. Launchers take the twins' arguments and 
 |   (causal masked scaled softmax, fwd and bwd)  |                   |                     |
 | cross_entropy_forward, cross_entropy_backward  | cross_entropy.py  | cross_entropy.py    |
 | dropout_apply                                  | dropout.py        | dropout_mask.py     |
+| dropout_keep_mask (the front end's masks)      | dropout.py        | -                   |
 | adamw_update, grad_norm                        | adamw.py          | adamw.py (update)   |
+| batched_matmul (tensor.py: the Tensor's @)     | matmul.py         | -                   |
 
 Caches: a kernel's forward returns the cache its own backward reads (the same layout as the twin's, except the CPU
 attention's blocked cache); turn kernels on or off between training steps, not between a forward and its backward.
@@ -45,8 +47,10 @@ TABLE = {
     "cross_entropy_forward":  ("cross_entropy",  "cross_entropy"),
     "cross_entropy_backward": ("cross_entropy",  "cross_entropy"),
     "dropout_apply":          ("dropout",        "dropout_mask"),
+    "dropout_keep_mask":      ("dropout",        None),
     "adamw_update":           ("adamw",          "adamw"),
     "grad_norm":              ("adamw",          None),
+    "batched_matmul":         ("matmul",         None),
 }
 DEVICES = ("cpu", "cuda")
 _OFF = ("0", "false", "no", "off")

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .. import fused
+from .. import fused, patterns
 from .. import rng as _rng
 from ..errors import UnsupportedError, unsupported_getattr
 from ..tensor import Tensor, TensorError
@@ -84,9 +84,10 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 
 def keep_mask(shape, p, xp=np, generator=None):
-    """A boolean keep-mask of `shape` (each element kept with probability 1 - p) from the default generator."""
-    keep = _rng.numpy_generator(generator).random(shape, dtype=np.float32) >= np.float32(p)
-    return keep if xp is np else xp.asarray(keep)
+    """A boolean keep-mask of `shape` (each element kept with probability 1 - p): one 64-bit seed drawn from the
+    default generator (or `generator`), the elements from fused.dropout_keep_mask's counter-based hash of it."""
+    seed = int(_rng.numpy_generator(generator).integers(0, 1 << 63, dtype=np.int64))
+    return fused.dropout_keep_mask(xp.empty(tuple(shape), dtype=bool), seed, p)
 
 
 def dropout(input, p=0.5, training=True, inplace=False):
@@ -98,7 +99,12 @@ def dropout(input, p=0.5, training=True, inplace=False):
         return input
     if p == 1.0:
         return input * 0
-    return fused.dropout(input, keep_mask(input.shape, p, input.xp), p)
+    keep = keep_mask(input.shape, p, input.xp)
+    if input._pattern is not None:                       # attention weights of a recognised chain (patterns.py)
+        pending = patterns.dropout(input, keep, p)
+        if pending is not None:
+            return pending
+    return fused.dropout(input, keep, p)
 
 
 # ---- activations ------------------------------------------------------------------------------------------------------

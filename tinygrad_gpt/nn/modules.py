@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .. import fused
+from .. import fused, patterns
 from .. import rng as _rng
 from ..backend import get_device, to_device
 from ..tensor import Tensor, TensorError, _is_dtype, no_grad
@@ -578,7 +578,12 @@ class Dropout(Module):
             return x
         if self.p == 1.0:
             return x * 0
-        return fused.dropout(x, self.mask(x.shape, x.xp), self.p)
+        keep = self.mask(x.shape, x.xp)
+        if x._pattern is not None:                       # attention weights of a recognised chain (patterns.py)
+            pending = patterns.dropout(x, keep, self.p)
+            if pending is not None:
+                return pending
+        return fused.dropout(x, keep, self.p)
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -177,16 +177,16 @@ def _unit_last_stride(a):
     return a if a.strides[-1] == a.itemsize else np.ascontiguousarray(a)
 
 
-def attention_forward(q, k, v, keep=None, p=0.0, out=None):
+def attention_forward(q, k, v, keep=None, p=0.0, out=None, scale=None):
     """Twin of fused.attention_forward: q (B, H, t, hs); k, v (B, H, Tk, hs), Tk >= t, any strides with unit
     last stride (views into a (B, t, 3C) qkv array: no copies); keep: optional boolean keep-mask (B, H, t, Tk);
-    out: optional (B, H, t, hs) array or view for y. -> y, cache."""
+    out: optional (B, H, t, hs) array or view for y; scale: of the scores (hs**-0.5 by default). -> y, cache."""
     lib = blas.find()
     q, k, v = (_unit_last_stride(a) for a in (q, k, v))
     b, h, t, hs = q.shape
     tk = k.shape[-2]
     ft = q.dtype.type
-    scale, ks = ft(hs ** -0.5), ft(1.0 / (1.0 - p)) if keep is not None else ft(1)
+    scale, ks = ft(hs ** -0.5 if scale is None else scale), ft(1.0 / (1.0 - p)) if keep is not None else ft(1)
     y = np.empty(q.shape, q.dtype) if out is None or out.strides[-1] != out.itemsize else out   # (B, H, t, hs)
     blk, total = blocks(t, tk, hs)
     pbuf = np.empty((b, h, total), q.dtype)                        # every block's P^T, kept for the backward
@@ -197,15 +197,14 @@ def attention_forward(q, k, v, keep=None, p=0.0, out=None):
     if out is not None and y is not out:
         out[...] = y
         y = out
-    return y, ("cpu-blocked", q, k, v, y, kb, ks, blk, pbuf, abuf)
+    return y, ("cpu-blocked", q, k, v, y, kb, ks, blk, pbuf, abuf, scale)
 
 
 def attention_backward(dy, cache, out=None):
     """Twin of fused.attention_backward: -> dq, dk, dv (written into `out` = (dq, dk, dv) when given)."""
-    _, q, k, v, y, kb, ks, blk, pbuf, abuf = cache
+    _, q, k, v, y, kb, ks, blk, pbuf, abuf, scale = cache
     lib = blas.find()
     dy = _unit_last_stride(dy)
-    scale = q.dtype.type(q.shape[-1] ** -0.5)
     given = out if out is not None else (None, None, None)
     grads = [o if o is not None and o.strides[-1] == o.itemsize else np.empty(a.shape, a.dtype)
              for o, a in zip(given, (q, k, v))]

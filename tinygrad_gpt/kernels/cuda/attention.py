@@ -142,13 +142,13 @@ def causal_softmax_backward(dp, prob, t, scale, mask=None, *, config=None):
     return dp
 
 
-def attention_forward(q, k, v, keep=None, p=0.0, out=None, *, config=None):
+def attention_forward(q, k, v, keep=None, p=0.0, out=None, scale=None, *, config=None):
     """Twin of fused.attention_forward: q (B, H, t, hs); k, v (B, H, Tk, hs) -> y (B, H, t, hs), cache; y is
-    also written into `out` (an array or view) when given."""
+    also written into `out` (an array or view) when given; scale: of the scores (hs**-0.5 by default)."""
     xp = array_module(q)
     q, k, v = (xp.ascontiguousarray(a) for a in (q, k, v))        # views of qkv: the products want them packed
     t, hs = q.shape[-2], q.shape[-1]
-    scale = float(hs) ** -0.5
+    scale = float(hs) ** -0.5 if scale is None else float(scale)
     mask = None if keep is None else keep_scale(xp, keep, p, q.dtype)   # (B, H, t, Tk) M / (1 - p)
     s = xp.matmul(q, k.swapaxes(-1, -2))                           # (B, H, t, Tk) raw scores, contiguous
     prob, a = causal_softmax_forward(s, t, scale, mask, config=config)
