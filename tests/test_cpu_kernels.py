@@ -155,6 +155,86 @@ def test_dropout(dtype, shape, p, seed):
     np.testing.assert_array_equal(F.dropout_apply(x, keep, p), F.dropout_apply.reference(x, keep, p))
 
 
+@given(shape=st.sampled_from([(1,), (7,), (3, 5), (2, 3, 17), (64, 300)]), p=st.sampled_from([0.0, 0.2, 0.5, 1.0]),
+       seed=st.integers(0, 2 ** 64 - 1))
+def test_dropout_keep_mask_repeats_the_twin_bit_for_bit(shape, p, seed):
+    """The counter-based masks: the kernel computes the same hash of (seed, index) as its NumPy twin."""
+    got = F.dropout_keep_mask(np.empty(shape, bool), seed, p)
+    want = F.dropout_keep_mask.reference(np.empty(shape, bool), seed, p)
+    np.testing.assert_array_equal(got, want)
+    assert got.all() if p == 0.0 else (not got.any() if p == 1.0 else True)
+
+
+def test_dropout_keep_masks_keep_one_minus_p_and_differ_by_seed():
+    """Over n = 2**22 elements the kept fraction is 1 - p within 5 standard errors (sqrt(p (1 - p) / n) = 2e-4 at
+    p = 0.2); neighbouring elements are uncorrelated (the same bound on P(both kept) - (1 - p)^2); two seeds give
+    different masks."""
+    n, p = 1 << 22, 0.2
+    keep = F.dropout_keep_mask(np.empty(n, bool), 1234, p)
+    assert abs(keep.mean() - (1 - p)) < 5 * np.sqrt(p * (1 - p) / n)
+    both = (keep[:-1] & keep[1:]).mean()
+    assert abs(both - (1 - p) ** 2) < 5 * np.sqrt((1 - p) ** 2 * (1 - (1 - p) ** 2) / n)
+    assert (keep != F.dropout_keep_mask(np.empty(n, bool), 1235, p)).mean() > 0.3
+
+
+def _operand(rng, shape, dtype, layout):
+    """An array of `shape` stored as `layout` says: C order, a transposed view (the last two axes swapped over a C
+    array), or a strided view (every other row of a larger array)."""
+    if layout == "transposed":
+        return np.ascontiguousarray(rng.standard_normal(shape[:-2] + shape[-2:][::-1]).astype(dtype)).swapaxes(-1, -2)
+    if layout == "strided":
+        return rng.standard_normal(shape[:-2] + (2 * shape[-2], shape[-1])).astype(dtype)[..., ::2, :]
+    return rng.standard_normal(shape).astype(dtype)
+
+
+layouts = st.sampled_from(["c", "transposed", "strided"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(batch=st.sampled_from([(), (1,), (3,), (2, 3)]), b_batch=st.sampled_from(["same", "none", "ones"]),
+       m=st.sampled_from([1, 5, 64, 67]), k=st.sampled_from([1, 3, 32]), n=st.sampled_from([1, 7, 64]),
+       la=layouts, lb=layouts, seed=seeds)
+def test_batched_matmul(dtype, batch, b_batch, m, k, n, la, lb, seed):
+    """The Tensor's @ kernel against NumPy's matmul: batches (and a right operand without one, or with ones,
+    broadcast), C-ordered, transposed and strided operands, one row, one column, K = 1. Each output is one dot
+    product of length K: TOL(K)."""
+    from tinygrad_gpt.tensor import batched_matmul
+    rng = np.random.default_rng(seed)
+    a = _operand(rng, batch + (m, k), dtype, la)
+    bshape = {"same": batch, "none": (), "ones": (1,) * len(batch)}[b_batch] + (k, n)
+    b = _operand(rng, bshape, dtype, lb)
+    got = batched_matmul(a, b)
+    want = a @ b
+    assert got.shape == want.shape and got.dtype == want.dtype
+    close(got, want, tol(dtype, k), "a @ b")
+
+
+def test_batched_matmul_is_the_kernel_and_empty_sizes_work():
+    from tinygrad_gpt.kernels import launcher
+    from tinygrad_gpt.tensor import batched_matmul
+    assert launcher("batched_matmul", "cpu") is not None             # the kernel runs, not the NumPy twin
+    for sa, sb in (((2, 0, 3), (2, 3, 4)), ((2, 3, 0), (2, 0, 4)), ((0, 3, 2), (0, 2, 5))):
+        a, b = np.ones(sa, np.float32), np.ones(sb, np.float32)
+        np.testing.assert_array_equal(batched_matmul(a, b), a @ b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(t=st.integers(1, 20), hs=st.sampled_from([1, 4, 7]), scale=st.sampled_from([None, 0.125, 1.7]), seed=seeds)
+def test_attention_with_a_given_scale(dtype, t, hs, scale, seed):
+    """The scale a learner's own attention uses (C**-0.5, 1/sqrt(hs) by division): kernel and twin agree, and the
+    default is hs**-0.5."""
+    q, k, v, dy, _ = _attention_inputs(dtype, 2, 2, t, t, hs, 0.0, seed)
+    y, cache = F.attention_forward(q, k, v, scale=scale)
+    y0, cache0 = F.attention_forward.reference(q, k, v, scale=scale)
+    bound = tol(dtype, 2 * t + hs)
+    close(y, y0, bound, "y")
+    terms = hs * np.abs(dy).max() * np.abs(v).max() * max(np.abs(q).max(), np.abs(k).max()) * (scale or 1)
+    for name, a, a0 in zip(("dq", "dk", "dv"), F.attention_backward(dy, cache), F.attention_backward.reference(dy, cache0)):
+        close(a, a0, bound, name, floor=terms)
+    if scale is None:
+        np.testing.assert_array_equal(y, F.attention_forward(q, k, v, scale=hs ** -0.5)[0])
+
+
 @given(n=st.integers(1, 40_000), wd=st.sampled_from([0.0, 0.1]), coef=st.sampled_from([1.0, 0.37]), seed=seeds)
 def test_adamw_update_repeats_the_twin_exactly(n, wd, coef, seed):
     """Three float32 steps: the kernel repeats the twin's operations one by one (no fused multiply-add), so the
