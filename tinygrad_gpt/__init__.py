@@ -8,6 +8,8 @@ torch-shaped front end: a lecture-style torch script runs here when its imports 
 (SPEC section 8; the README lists the supported names). A torch name outside that set raises UnsupportedError
 naming it. The engine's own API (SPEC section 4: GPT, GPTConfig, AdamW, CharTokenizer, Tensor) is here too.
 """
+import numpy as np
+
 from . import backends, cuda, nn, optim
 from .backend import DeviceError, cuda_available, device
 from .creation import (arange, as_tensor, bernoulli, empty, empty_like, eye, from_numpy, full, full_like, linspace,
@@ -32,7 +34,7 @@ from .tensor import (Size, Tensor, TensorError, enable_grad, inference_mode, is_
 
 __version__ = "0.1.0"
 
-dtype = type(float32)           # isinstance(x, torch.dtype)
+dtype = np.dtype                # isinstance(torch.long, torch.dtype)
 
 
 def compile(model=None, **kwargs):  # noqa: A001  (torch.compile)

@@ -81,6 +81,9 @@ def arange(start, end=None, step=1, *, dtype=None, device=None, requires_grad=Fa
     start, end, step = (v.item() if isinstance(v, Tensor) else v for v in (start, end, step))
     if step == 0:
         raise TensorError("arange: step must be nonzero")
+    if (end - start) * step < 0:                                   # torch refuses a range the step walks away from
+        raise TensorError(f"arange: upper bound and lower bound inconsistent with step sign (start {start}, end "
+                          f"{end}, step {step})")
     ints = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (start, end, step))
     if ints:
         values = np.arange(start, end, step, dtype=np.int64)

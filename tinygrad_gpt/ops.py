@@ -32,12 +32,13 @@ def stack(tensors, dim=0, *, out=None):
 
 
 def vstack(tensors):
-    """Rows on top of each other: 1-D tensors become rows (torch.vstack)."""
-    return Tensor.cat([t.unsqueeze(0) if t.ndim < 2 else t for t in map(_t, tensors)], 0)
+    """Rows on top of each other (torch.vstack): a 0-d tensor becomes (1, 1), a 1-D one a row (1, n)."""
+    return Tensor.cat([t.reshape(1, -1) if t.ndim < 2 else t for t in map(_t, tensors)], 0)
 
 
 def hstack(tensors):
-    tensors = [_t(t) for t in tensors]
+    """Side by side (torch.hstack): 0-d tensors become 1-D, then 1-D ones join along axis 0, the rest along 1."""
+    tensors = [t.reshape(1) if t.ndim == 0 else t for t in map(_t, tensors)]
     return Tensor.cat(tensors, 0 if tensors[0].ndim == 1 else 1)
 
 
@@ -217,6 +218,8 @@ def cumsum(input, dim, dtype=None):
     a = _axis(dim, x.ndim, "cumsum")
     xp = x.xp
     data = x.data.astype(np.int64) if x.dtype.kind in "biu" else x.data
+    if x.ndim == 0:   # a 0-d tensor is its own running sum (NumPy's cumsum would make it 1-D)
+        return Tensor._make(xp.array(data), (x,), lambda g: (g,), "cumsum")
 
     def backward(g):
         return (xp.flip(xp.cumsum(xp.flip(g, a), axis=a), a),)

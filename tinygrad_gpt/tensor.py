@@ -129,7 +129,7 @@ def _as_array(data, device, dtype):
     xp = device.xp
     if isinstance(data, Tensor):
         data = data.data
-    if isinstance(data, (bool, int, float)) or isinstance(data, (list, tuple)):
+    if (isinstance(data, (bool, int, float)) and not isinstance(data, np.generic)) or isinstance(data, (list, tuple)):
         arr = xp.asarray(_plain(data), dtype=dtype or np.float32)
     else:
         if device_of(data) != device:
@@ -284,6 +284,9 @@ class Tensor:
     __array_priority__ = 1000  # so that `ndarray * Tensor` defers to Tensor.__rmul__
 
     def __init__(self, data, requires_grad=False, device=None, dtype=None):
+        if isinstance(requires_grad, (int, np.integer)) and not isinstance(requires_grad, (bool, np.bool_)):
+            raise TypeError(f"Tensor({data!r}, {requires_grad!r}, ...): torch.Tensor(*sizes) is not supported "
+                            "(use torch.empty/zeros(sizes)); the second argument is requires_grad")
         if device is None:
             device = device_of(data.data if isinstance(data, Tensor) else data)
         self.device = get_device(device)
@@ -439,31 +442,32 @@ class Tensor:
 
     def item(self):
         if self.data.size != 1:
-            raise TensorError(f"item(): a tensor of {self.data.size} elements (shape {tuple(self.shape)}) is not one number")
+            raise TensorError(f"item(): a tensor of {self.data.size} elements (shape {self.data.shape}) is not one "
+                              "number")
         return self.data.item()
 
     def __float__(self):
         if self.data.size != 1:
-            raise ValueError(f"float(): only a tensor of one element converts to a number, not shape {tuple(self.shape)}")
+            raise ValueError(f"float(): only a tensor of one element converts to a number, not shape {self.data.shape}")
         return float(self.data.item())
 
     def __int__(self):
         if self.data.size != 1:
-            raise ValueError(f"int(): only a tensor of one element converts to a number, not shape {tuple(self.shape)}")
+            raise ValueError(f"int(): only a tensor of one element converts to a number, not shape {self.data.shape}")
         return int(self.data.item())
 
     def __index__(self):
         """A one-element integer tensor as a Python int: a slice bound, a list index, range(t)."""
         if self.data.size != 1 or self.data.dtype.kind not in "biu":
             raise TypeError(f"only integer tensors of a single element can be converted to an index (this one is "
-                            f"{self.dtype} of shape {tuple(self.shape)})")
+                            f"{self.dtype} of shape {self.data.shape})")
         return int(self.data.item())
 
     def __bool__(self):
         """The truth of a one-element tensor (`if (t > 0):`); for more or fewer elements it is ambiguous, as in torch:
         use `.all()`/`.any()`."""
         if self.data.size != 1:
-            raise TensorError(f"the truth value of a tensor of {self.data.size} elements (shape {tuple(self.shape)}) is "
+            raise TensorError(f"the truth value of a tensor of {self.data.size} elements (shape {self.data.shape}) is "
                               "ambiguous; use .any() or .all()")
         return bool(self.data.item())
 
@@ -472,7 +476,7 @@ class Tensor:
         if self.ndim == 0:
             return format(self.data.item(), spec)
         if spec:
-            raise TypeError(f"format spec {spec!r} needs a 0-d tensor, not shape {tuple(self.shape)}")
+            raise TypeError(f"format spec {spec!r} needs a 0-d tensor, not shape {self.data.shape}")
         return str(self)
 
     __hash__ = object.__hash__  # by identity (defining == would otherwise make tensors unhashable)
@@ -604,14 +608,14 @@ class Tensor:
             raise RuntimeError("backward() through a graph that was already freed by an earlier backward()")
         if gradient is None:
             if self.data.size != 1:
-                raise RuntimeError(f"backward() without a gradient needs a scalar output, got shape {tuple(self.shape)}; "
+                raise RuntimeError(f"backward() without a gradient needs a scalar output, got shape {self.data.shape}; "
                                    "pass backward(grad) with a gradient of that shape")
             grad = self.xp.ones_like(self.data)
         else:
             grad = _as_array(gradient, self.device, self.dtype)
             if grad.shape != self.data.shape:
                 raise TensorError(f"backward(grad): gradient shape {grad.shape} does not match tensor shape "
-                                  f"{tuple(self.shape)}")
+                                  f"{self.data.shape}")
 
         # Iterative post-order DFS: a node comes after every node it depends on.
         order, visited, stack = [], set(), [(self, False)]
@@ -635,6 +639,11 @@ class Tensor:
         for node in reversed(order):
             if node._backward is None:
                 continue
+            if node._grad is None:            # no gradient reached this node (e.g. the old value under copy_)
+                for p in node._parents:
+                    p._uses -= 1
+                node._parents, node._backward = (), None
+                continue
             grads = node._backward(node._grad)
             for p, g in zip(node._parents, grads):
                 if g is not None and p.requires_grad:
@@ -655,7 +664,8 @@ class Tensor:
         try:
             data = fwd(a, b)
         except ValueError:
-            raise TensorError(f"{op}: shapes {tuple(self.shape)} and {tuple(other.shape)} cannot be broadcast together") from None
+            raise TensorError(f"{op}: shapes {self.data.shape} and {other.data.shape} "
+                              f"cannot be broadcast together") from None
         return Tensor._make(data, (self, other), bwd(a, b, data), op)
 
     def __add__(self, other):
@@ -713,7 +723,8 @@ class Tensor:
             with np.errstate(divide="ignore", invalid="ignore"):  # 0 ** -1 = inf and (-8) ** 0.5 = nan, silently
                 out = a ** b
         except ValueError:
-            raise TensorError(f"pow: shapes {tuple(self.shape)} and {tuple(other.shape)} cannot be broadcast together") from None
+            raise TensorError(f"pow: shapes {self.data.shape} and {other.data.shape} "
+                              f"cannot be broadcast together") from None
 
         def backward(g):
             zero = xp.zeros((), dtype=g.dtype)
@@ -743,7 +754,8 @@ class Tensor:
         try:
             out = fn(a, b)
         except ValueError:
-            raise TensorError(f"{op}: shapes {tuple(self.shape)} and {np.shape(b)} cannot be broadcast together") from None
+            raise TensorError(f"{op}: shapes {self.data.shape} and {np.shape(b)} "
+                              f"cannot be broadcast together") from None
         return Tensor(out, device=self.device)
 
     def __lt__(self, other):
@@ -849,7 +861,10 @@ class Tensor:
     def __mod__(self, other):
         """Remainder with the divisor's sign (torch's % , Python's); the gradient is 1 for self."""
         other = self._lift(other)
-        return self._binary(other, lambda a, b: self.xp.remainder(a, b), lambda a, b, o: lambda g: (g, None), "mod")
+        xp = self.xp
+        # d(a mod b)/da = 1, d(a mod b)/db = -floor(a / b)
+        return self._binary(other, lambda a, b: xp.remainder(a, b),
+                            lambda a, b, o: lambda g: (g, -g * xp.floor_divide(a, b)), "mod")
 
     def __abs__(self):
         return self.abs()
@@ -908,10 +923,20 @@ class Tensor:
         return Tensor._make(self.xp.abs(x), (self,), lambda g: (g * self.xp.sign(x),), "abs")
 
     def clamp(self, min=None, max=None):
-        """Values limited to [min, max] (either may be None); the gradient flows where the value was inside."""
+        """Values limited to [min, max] (numbers or tensors; either may be None, not both); the gradient flows where
+        the value was inside, and to a tensor bound where it was used."""
+        if min is None and max is None:
+            raise TensorError("clamp: give at least one of min and max")
+        if isinstance(min, Tensor) or isinstance(max, Tensor):
+            out = self
+            if max is not None:
+                out = where(out > max, max, out)
+            if min is not None:
+                out = where(out < min, min, out)
+            return out
         x, xp = self.data, self.xp
-        lo = -np.inf if min is None else (min.item() if isinstance(min, Tensor) else min)
-        hi = np.inf if max is None else (max.item() if isinstance(max, Tensor) else max)
+        lo = -np.inf if min is None else min
+        hi = np.inf if max is None else max
         out = xp.clip(x, lo, hi).astype(x.dtype, copy=False) if x.dtype.kind == "f" else xp.clip(x, lo, hi)
         inside = (x >= lo) & (x <= hi)
         return Tensor._make(out, (self,), lambda g: (g * inside,), "clamp")
@@ -932,7 +957,7 @@ class Tensor:
             self.data[...] = data
         except ValueError:
             raise TensorError(f"{op}: a result of shape {tuple(np.shape(data))} does not fit the tensor's shape "
-                              f"{tuple(self.shape)} in place") from None
+                              f"{self.data.shape} in place") from None
         self._version += 1
         return self
 
@@ -989,7 +1014,11 @@ class Tensor:
         """Copy src's values in (cast to this tensor's dtype, broadcast to its shape)."""
         if self._graph_with(src):
             return self._rebind(lambda old: _replaced(old, self._lift(src)), "copy_")
-        self.data[...] = _as_array(src, self.device, None)
+        try:
+            self.data[...] = _as_array(src, self.device, None)
+        except ValueError:
+            raise TensorError(f"copy_: a source of shape {tuple(np.shape(src))} does not broadcast to the tensor's "
+                              f"shape {self.data.shape}") from None
         self._version += 1
         return self
 
@@ -1024,6 +1053,10 @@ class Tensor:
         """t += other: in place where no gradient is involved; else NotImplemented, so Python rebinds t to the
         out-of-place result (the same values and gradients, and nothing that used the old t is disturbed)."""
         if self._graph_with(other):
+            if self.requires_grad and self._op is None:
+                raise RuntimeError(f"{op}: a leaf tensor that requires grad cannot be changed in place (torch: 'a "
+                                   "leaf Variable that requires grad is being used in an in-place operation'); do it "
+                                   "under torch.no_grad(), or write w = w + ... for a new tensor")
             return NotImplemented
         return self._write(fn(self, other), op)
 
@@ -1058,9 +1091,9 @@ class Tensor:
             data[index] = value.data
 
             def backward(g):
-                g_old = g.copy()
+                g_old = old.xp.array(g)                          # (a 0-d gradient may come as a scalar)
                 g_old[index] = 0
-                return g_old, g[index]
+                return g_old, old.xp.asarray(g)[index]
             return Tensor._make(data, (old, value), backward, "setitem")
         self._rebind(make, "setitem")
 
@@ -1120,15 +1153,23 @@ class Tensor:
             return (d * d).sum(dim, keepdim=keepdim) / max(n - correction, 0)
 
     def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
-        """Standard deviation: sqrt of var (the same correction)."""
-        return self.var(dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims).sqrt()
+        """Standard deviation: sqrt of var (the same correction); where it is 0 the gradient is 0 (torch's), not the
+        nan of 1 / (2 sqrt(0))."""
+        v = self.var(dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims)
+        xp = v.xp
+        out = xp.sqrt(v.data)
+
+        def backward(g):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return (xp.where(out == 0, 0, g * 0.5 / out).astype(g.dtype, copy=False),)
+        return Tensor._make(out, (v,), backward, "std")
 
     def _amax(self, axis, keepdims, op, largest=True):
         """Maximum (or minimum) over axes, torch.amax's: the gradient is shared equally among tied extrema."""
         x = self.data
         axes = _reduce_axes(axis, self.ndim, op, shape=self.shape)
         if axes is None and x.size == 0:
-            raise TensorError(f"{op}: the tensor of shape {tuple(self.shape)} is empty; give the axis to reduce")
+            raise TensorError(f"{op}: the tensor of shape {self.data.shape} is empty; give the axis to reduce")
         out = x.max(axis=axes, keepdims=keepdims) if largest else x.min(axis=axes, keepdims=keepdims)
 
         def backward(g):
@@ -1145,7 +1186,7 @@ class Tensor:
         src = self.reshape(1) if scalar else self
         x = src.data
         if x.shape[a] == 0:
-            raise IndexError(f"{op}: axis {a} of shape {tuple(self.shape)} is empty")
+            raise IndexError(f"{op}: axis {a} of shape {self.data.shape} is empty")
         idx = xp.expand_dims((x.argmax if largest else x.argmin)(axis=a), a)   # keepdims layout
         values = src._gathered(xp.take_along_axis(x, idx, axis=a), idx, a, op)
         if scalar:
@@ -1217,7 +1258,7 @@ class Tensor:
         k = operator.index(k)
         if not 0 <= k <= n:
             raise TensorError(f"topk: k={k} is out of range for axis {a} of length {n}")
-        return self._sorted_part(a, k, not largest, "topk")
+        return self._sorted_part(a, k if self.ndim else 1, not largest, "topk")   # a 0-d tensor: itself (torch's)
 
     def sort(self, dim=-1, descending=False, stable=False):
         """(values, indices) sorted along dim (a stable sort); the gradient scatters back."""
@@ -1239,13 +1280,15 @@ class Tensor:
         _no_out(out, "all")
         dim, keepdim = _dim(dim, axis), _keep(keepdim, keepdims)
         axes = _reduce_axes(dim, self.ndim, "all")
-        return Tensor(self.xp.asarray(self.data.astype(bool).all(axis=axes, keepdims=keepdim)), device=self.device)
+        out = self.xp.asarray(self.data.astype(bool).all(axis=axes, keepdims=keepdim))
+        return Tensor(out.astype(np.uint8) if self.dtype == np.uint8 else out, device=self.device)   # (torch's)
 
     def any(self, dim=None, keepdim=False, *, axis=None, keepdims=None, out=None):
         _no_out(out, "any")
         dim, keepdim = _dim(dim, axis), _keep(keepdim, keepdims)
         axes = _reduce_axes(dim, self.ndim, "any")
-        return Tensor(self.xp.asarray(self.data.astype(bool).any(axis=axes, keepdims=keepdim)), device=self.device)
+        out = self.xp.asarray(self.data.astype(bool).any(axis=axes, keepdims=keepdim))
+        return Tensor(out.astype(np.uint8) if self.dtype == np.uint8 else out, device=self.device)   # (torch's)
 
     # ---- shapes ----------------------------------------------------------------------------------------------
     def reshape(self, *shape):
@@ -1308,7 +1351,7 @@ class Tensor:
         try:
             data = self.xp.broadcast_to(self.data, shape)
         except ValueError:
-            raise TensorError(f"expand: shape {tuple(self.shape)} cannot be expanded to {sizes}") from None
+            raise TensorError(f"expand: shape {self.data.shape} cannot be expanded to {sizes}") from None
         return Tensor._make(data, (self,), lambda g: (g,), "expand")          # _accumulate sums g back
 
     def expand_as(self, other):
@@ -1337,7 +1380,7 @@ class Tensor:
 
     def t(self):
         if self.ndim > 2:
-            raise TensorError(f"t() needs a tensor of at most 2 dimensions, got shape {tuple(self.shape)}")
+            raise TensorError(f"t() needs a tensor of at most 2 dimensions, got shape {self.data.shape}")
         return self.transpose(0, 1) if self.ndim == 2 else self
 
     def permute(self, *axes):
@@ -1346,7 +1389,7 @@ class Tensor:
             axes = tuple(axes[0])
         if len(axes) != self.ndim:
             raise TensorError(f"permute: {len(axes)} axes {tuple(axes)} given for a tensor of {self.ndim} "
-                              f"dimension(s), shape {tuple(self.shape)}")
+                              f"dimension(s), shape {self.data.shape}")
         order = []
         for a in axes:  # one at a time, in torch's order of checks
             a = _axis(a, self.ndim, "permute")
@@ -1360,14 +1403,15 @@ class Tensor:
     @property
     def T(self):
         if self.ndim != 2:
-            raise TensorError(f".T needs a 2-D tensor, got shape {tuple(self.shape)}; use transpose(a, b), permute or .mT")
+            raise TensorError(f".T needs a 2-D tensor, got shape {self.data.shape}; "
+                              "use transpose(a, b), permute or .mT")
         return self.transpose(0, 1)
 
     @property
     def mT(self):
         """The last two axes swapped: a batch of matrices transposed."""
         if self.ndim < 2:
-            raise TensorError(f".mT needs a tensor of at least 2 dimensions, got shape {tuple(self.shape)}")
+            raise TensorError(f".mT needs a tensor of at least 2 dimensions, got shape {self.data.shape}")
         return self.transpose(-2, -1)
 
     def __getitem__(self, index):
@@ -1437,7 +1481,7 @@ class Tensor:
             sizes = [operator.index(k) for k in size]
             if any(k < 0 for k in sizes) or sum(sizes) != n:
                 raise TensorError(f"split: sizes {list(size)} must be >= 0 and add up to {n}, the length of axis "
-                                  f"{axis} of shape {tuple(self.shape)}")
+                                  f"{axis} of shape {self.data.shape}")
         else:
             size = operator.index(size)
             if size < 0:
@@ -1553,11 +1597,23 @@ class Tensor:
             out = xp.where(mask, xp.asarray(value, dtype=self.dtype), self.data)
         except ValueError:
             raise TensorError(f"masked_fill: mask shape {mask.shape} does not broadcast to shape "
-                              f"{tuple(self.shape)}") from None
+                              f"{self.data.shape}") from None
         if out.shape != self.data.shape:
-            raise TensorError(f"masked_fill: mask shape {mask.shape} does not broadcast to shape {tuple(self.shape)}")
+            raise TensorError(f"masked_fill: mask shape {mask.shape} does not broadcast to shape {self.data.shape}")
         return Tensor._make(out, (self,), lambda g: (xp.where(mask, 0, g).astype(g.dtype, copy=False),),
                             "masked_fill")
+
+    def cumsum(self, dim, dtype=None):
+        from .ops import cumsum
+        return cumsum(self, dim, dtype)
+
+    def tril(self, diagonal=0):
+        from .creation import tril
+        return tril(self, diagonal)
+
+    def triu(self, diagonal=0):
+        from .creation import triu
+        return triu(self, diagonal)
 
     # ---- dtype conversions (torch's names; last in the class: `float`, `int`, `bool` would shadow the builtins in
     # the class body above) -----------------------------------------------------------------------------------------
@@ -1669,11 +1725,11 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
     if isinstance(data, Tensor):
         dev = data.device if device is None else get_device(device)
         arr = to_device(data.data, dev).copy()
-    elif isinstance(data, (list, tuple, bool, int, float)):
+    elif isinstance(data, (list, tuple, bool, int, float)) and not isinstance(data, np.generic):
         arr = np.array(_plain(data))
         kind = arr.dtype.kind
         if kind == "f" or (arr.size == 0 and kind != "b"):
-            arr = arr.astype(np.float32)
+            arr = arr.astype(np.float32 if dtype is None else dtype)    # (Python floats: no float32 detour)
         elif kind in "iu":
             arr = arr.astype(np.int64)
         elif kind != "b":

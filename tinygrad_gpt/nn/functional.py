@@ -23,7 +23,7 @@ def _tensor(x, like=None):
     return x if isinstance(x, Tensor) else Tensor(x, device=None if like is None else like.device)
 
 
-# ---- layers ---------------------------------------------------------------------------------------------------------
+# ---- layers ----------------------------------------------------------------------------------------------------------
 
 def linear(input, weight, bias=None):
     """y = input @ weight.T + bias over the last axis: one fused node (a 2-D BLAS product and its bias)."""
@@ -107,7 +107,7 @@ def dropout(input, p=0.5, training=True, inplace=False):
     return fused.dropout(input, keep, p)
 
 
-# ---- activations ------------------------------------------------------------------------------------------------------
+# ---- activations -----------------------------------------------------------------------------------------------------
 
 def relu(input, inplace=False):
     return input.relu()
@@ -149,7 +149,7 @@ def one_hot(tensor, num_classes=-1):
     return Tensor((idx[..., None] == tensor.xp.arange(n)).astype(np.int64), device=tensor.device)
 
 
-# ---- losses -----------------------------------------------------------------------------------------------------------
+# ---- losses ----------------------------------------------------------------------------------------------------------
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
                   label_smoothing=0.0):
@@ -254,7 +254,7 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean"):
     return sq.sum() if reduction == "sum" else sq.mean()
 
 
-# ---- attention --------------------------------------------------------------------------------------------------------
+# ---- attention -------------------------------------------------------------------------------------------------------
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                  enable_gqa=False):
@@ -270,7 +270,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     S = key.shape[-2]
     default_scale = scale is None or scale == E ** -0.5
     if (is_causal and attn_mask is None and L == S and default_scale and query.ndim >= 3
-            and query.shape == key.shape and value.shape[:-1] == key.shape[:-1]
+            and query.shape == key.shape == value.shape
             and query.dtype == key.dtype == value.dtype and query.dtype.kind == "f"):
         return _fused_causal(query, key, value, dropout_p)
     s = query @ key.transpose(-2, -1) * (E ** -0.5 if scale is None else scale)   # (..., L, S)
@@ -288,7 +288,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
 def _fused_causal(q, k, v, p):
     """The fused causal attention core on (..., T, E) inputs, all leading axes taken as (batch x heads)."""
-    lead, T, E = tuple(q.shape[:-2]), q.shape[-2], q.shape[-1]
+    lead, T = tuple(q.shape[:-2]), q.shape[-2]
     Ev = v.shape[-1]
     nb = math.prod(lead)
     q4, k4, v4 = (t.data.reshape(nb, 1, T, t.shape[-1]) for t in (q, k, v))   # (BH, 1, T, E)

@@ -146,8 +146,10 @@ class Module:
 
     # ---- traversal ---------------------------------------------------------------------------------------------
     def named_children(self):
+        seen = set()
         for name, m in self.__dict__.get("_modules", {}).items():
-            if m is not None:
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
                 yield name, m
 
     def children(self):
@@ -242,14 +244,15 @@ class Module:
         """{name: tensor}: parameters and persistent buffers under torch's keys, in torch's order; the tensors share
         memory with the module's (copy them to keep a snapshot)."""
         out = collections.OrderedDict() if destination is None else destination
-        for mod_prefix, module in self.named_modules(prefix=prefix.rstrip(".")):
-            dot = mod_prefix + "." if mod_prefix else ""
-            for name, p in module._parameters.items():
-                if p is not None:
-                    out[dot + name] = p if keep_vars else p.detach()
-            for name, b in module._buffers.items():
-                if b is not None and name not in module._non_persistent:
-                    out[dot + name] = b if keep_vars else b.detach()
+        for name, p in self._parameters.items():
+            if p is not None:
+                out[prefix + name] = p if keep_vars else p.detach()
+        for name, b in self._buffers.items():
+            if b is not None and name not in self._non_persistent:
+                out[prefix + name] = b if keep_vars else b.detach()
+        for name, m in self._modules.items():              # every name of a shared submodule (torch's)
+            if m is not None:
+                m.state_dict(out, prefix + name + ".", keep_vars)
         return out
 
     def load_state_dict(self, state_dict, strict=True, assign=False):

@@ -19,7 +19,11 @@ class LRScheduler:
         self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
         self.last_epoch = last_epoch
         self._step_count = 0
-        self.step()
+        self._initial = True             # the constructor's step (torch's _is_initial): the lrs stay as they are
+        try:
+            self.step()
+        finally:
+            self._initial = False
 
     def get_lr(self):
         raise NotImplementedError
@@ -58,7 +62,7 @@ class CosineAnnealingLR(LRScheduler):
 
     def get_lr(self):
         groups, e, T = self.optimizer.param_groups, self.last_epoch, self.T_max
-        if e == 0:
+        if self._initial:                # also when resuming (last_epoch given): torch keeps the groups' lrs
             return [g["lr"] for g in groups]
         if self._step_count == 1 and e > 0:
             return self._closed_form()
