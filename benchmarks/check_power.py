@@ -114,7 +114,7 @@ def losses(engine, batches):
 
 
 def study(bc, n_runs, trials=4000):
-    sd = GPT(GPTConfig(**bc.gpt_config()), seed=protocol.INIT_SEED).state_dict()
+    sd = {k: v.numpy() for k, v in GPT(GPTConfig(**bc.gpt_config()), seed=protocol.INIT_SEED).state_dict().items()}
     batches = [protocol.make_batch(bc, protocol.CHECK_SEED + i) for i in range(bc.check_steps)]
     exact = losses(TinygradGPT(bc, sd, dtype=np.float64), batches)
     runs = np.array([losses(TinygradGPT(bc, protocol.perturbed(sd, seed) if seed else sd), batches)

@@ -40,26 +40,24 @@ class EngineError(RuntimeError):
     pass
 
 
-class EngineProcess:
-    """An engine's process and its command channel."""
+class WorkerProcess:
+    """A worker process with an engine's thread settings (protocol.thread_env) and CPUs (passed as its last
+    argument, which it pins itself to), its JSON command channel (stdin, and its stdout for replies) and its log file
+    (its stderr). args: what follows the interpreter on the command line, the CPUs excepted."""
 
-    def __init__(self, name, bc, init_file, threads, log_dir, extra_env=None):
-        self.name = name
+    def __init__(self, name, args, threads, log_path, extra_env=None):
+        self.name, self.log_path = name, log_path
         env = dict(os.environ)
         env.update(protocol.thread_env(threads))
-        env.update(engines.spec(name).env)
         env.update(extra_env or {})
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         cpus = protocol.engine_cpus(threads)
-        self.log_path = os.path.join(log_dir, f"{bc.name}.{name.replace(':', '_')}.{time.time_ns()}.log")
-        self._log = open(self.log_path, "w")
+        self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.worker", name, bc.name, init_file,
-             ",".join(map(str, cpus)) if cpus else ""],
+            [sys.executable, *args, ",".join(map(str, cpus)) if cpus else ""],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT, env=env)
         self._replies = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.info = None
 
     def _read(self):
         for line in self.proc.stdout:
@@ -78,12 +76,6 @@ class EngineProcess:
         if "error" in out:
             raise EngineError(out["error"])
         return out
-
-    def ready(self, timeout=TIMEOUT_S):
-        """Wait until the engine is built, then ask for its versions."""
-        self._reply(timeout)
-        self.info = self.call("build")
-        return self.info
 
     def call(self, cmd, timeout=TIMEOUT_S, **kw):
         try:
@@ -113,6 +105,22 @@ class EngineProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+class EngineProcess(WorkerProcess):
+    """A registered engine's process (benchmarks/worker.py)."""
+
+    def __init__(self, name, bc, init_file, threads, log_dir, extra_env=None):
+        log_path = os.path.join(log_dir, f"{bc.name}.{name.replace(':', '_')}.{time.time_ns()}.log")
+        super().__init__(name, ["-m", "benchmarks.worker", name, bc.name, init_file], threads, log_path,
+                         dict(engines.spec(name).env, **(extra_env or {})))
+        self.info = None
+
+    def ready(self, timeout=TIMEOUT_S):
+        """Wait until the engine is built, then ask for its versions."""
+        self._reply(timeout)
+        self.info = self.call("build")
+        return self.info
 
 
 @dataclasses.dataclass
@@ -145,7 +153,7 @@ def write_inputs(bc, folder):
     from safetensors.numpy import save_file
 
     from tinygrad_gpt import GPT, GPTConfig
-    sd = GPT(GPTConfig(**bc.gpt_config()), seed=protocol.INIT_SEED).state_dict()
+    sd = {k: v.numpy() for k, v in GPT(GPTConfig(**bc.gpt_config()), seed=protocol.INIT_SEED).state_dict().items()}
     init = os.path.join(folder, f"{bc.name}.init.safetensors")
     save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, init)
     xs, ys = zip(*(protocol.make_batch(bc, protocol.CHECK_SEED + i) for i in range(bc.check_steps)))
