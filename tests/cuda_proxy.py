@@ -342,12 +342,63 @@ def run(kernels_on):
         cpu_model.to("cuda")
         Tensor(np.ones((2, 2), np.float32), device="cuda").to("cpu").numpy()
 
+    lecture_code(xp)
+
+
+def lecture_code(xp):
+    """A learner's lecture-style model (tests/lecture_code/models.py, its imports swapped) on "cuda": the front end's
+    layers, the recognised attention chain (each variant), SDPA, dropout masks, AdamW, generation."""
+    import types
+    import tinygrad_gpt as torch
+    here = os.path.dirname(os.path.abspath(__file__))
+    text = open(os.path.join(here, "lecture_code", "models.py")).read()
+    for theirs, ours in (("import torch\n", "import tinygrad_gpt as torch\n"),
+                         ("import torch.nn as nn\n", "import tinygrad_gpt.nn as nn\n"),
+                         ("from torch.nn import functional as F\n", "from tinygrad_gpt.nn import functional as F\n")):
+        text = text.replace(theirs, ours)
+    mod = types.ModuleType("lecture_models")
+    exec(compile(text, "models.py", "exec"), mod.__dict__)
+    hp = dict(vocab_size=11, block_size=8, n_embd=16, n_head=2, n_layer=1, dropout=0.1)
+    idx = torch.tensor(np.arange(16).reshape(2, 8) % 11).to("cuda")
+    for variant in ("head", "peek", "sdpa"):
+        REC.phase = f"lecture-{variant}"
+        torch.manual_seed(0)
+        model = mod.GPTLanguageModel(hp, variant).to("cuda")
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        for _ in range(2):
+            _, loss = model(idx, idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        model.generate(torch.zeros((1, 1), dtype=torch.long, device="cuda"), 3)
+
+
+def _stub_cupyx():
+    """cupyx.scipy.special.erf (the exact GELU's on cuda), recorded in the "cupyx" space and computed by math.erf."""
+    import math
+    import types
+    special = types.ModuleType("cupyx.scipy.special")
+    per_element = np.vectorize(math.erf, otypes=[np.float64])
+
+    def erf(x):
+        REC.name("cupyx", "scipy.special.erf")
+        a = _unwrap(x)
+        return _wrap(per_element(a).astype(a.dtype), "scipy.special.erf")
+    special.erf = erf
+    scipy = types.ModuleType("cupyx.scipy")
+    scipy.special = special
+    cupyx = types.ModuleType("cupyx")
+    cupyx.scipy = scipy
+    sys.modules.update({"cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special})
+
 
 def main(modes):
     if "kernels" in modes:
         import sim_support
         sim_support.patch()      # simulator: faster barriers, thread-safe shared arrays
     sys.modules["cupy"] = RecordingXP()
+    _stub_cupyx()
     out = {}
     for kernels_on in [m == "kernels" for m in modes]:
         REC.names, REC.events = set(), []

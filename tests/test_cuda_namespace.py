@@ -46,7 +46,9 @@ def resolve(space, name):
         if name.startswith("__i") and hasattr(obj, "__" + name[3:]):
             return getattr(obj, "__" + name[3:])      # no in-place form: Python falls back to a = a op b
         return None
-    obj = {"xp": cupy, "random.Generator": cupy.random.Generator}[space]
+    if space == "cupyx":
+        import cupyx.scipy.special  # noqa: F401  (imports without a GPU, as cupy does)
+    obj = {"xp": cupy, "random.Generator": cupy.random.Generator, "cupyx": sys.modules.get("cupyx")}[space]
     for part in name.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
@@ -102,3 +104,14 @@ def test_every_kernel_runs_in_a_training_step(records):
                 "cross_entropy_bwd", "adamw_update", "dropout_apply"}
     assert launched == expected, f"kernels missing from a training step: {expected - launched}"
     assert not _events(records, "cupy", "step2", "launch"), "TINYGRAD_GPT_KERNELS off still launched kernels"
+
+
+@pytest.mark.parametrize("variant", ["head", "peek", "sdpa"])
+def test_lecture_style_code_runs_on_cuda_with_the_fused_attention(records, variant):
+    """The lecture-style model of tests/lecture_code/models.py on "cuda" (two AdamW steps, generation): its names were
+    checked above; here its attention runs the causal softmax kernels (the recognised chain, SDPA), and the plain
+    variant that reads its weights still does (its chain continues after the read)."""
+    if "kernels" not in records:
+        pytest.skip("numba is not installed")
+    launched = set(_events(records, "kernels", f"lecture-{variant}", "launch"))
+    assert {"causal_softmax_fwd", "causal_softmax_bwd", "layer_norm_fwd", "adamw_update"} <= launched, launched

@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from . import fused
+from .backend import to_host
 from .tensor import Size, Tensor, _mm, is_grad_enabled
 
 _DATA = Tensor.data          # the `data` slot of every Tensor; a Pending reads it through its property
@@ -171,8 +172,7 @@ def _is_causal_mask(mask, t, ndim):
     upper = _UPPER.get(t)
     if upper is None:
         upper = _UPPER[t] = np.triu(np.ones((t, t), dtype=bool), 1)
-    m2 = np.asarray(m.reshape(t, t)).astype(bool, copy=False) if isinstance(m, np.ndarray) else None
-    return m2 is not None and np.array_equal(m2, upper)
+    return np.array_equal(to_host(m.reshape(t, t)).astype(bool, copy=False), upper)   # (on a GPU: one small copy)
 
 
 def _masked(node, mask, value):

@@ -532,11 +532,15 @@ class Tensor:
         return out if device is None else out._move(get_device(device))
 
     def _move(self, device):
+        """This tensor's values on another device, a graph node whose gradient goes back to this one's device."""
         if device == self.device:
             return self
         src = self.device
-        out = Tensor._make(to_device(self.data, device), (self,), lambda g: (to_device(g, src),), "to")
-        out.device = device
+        out = Tensor._wrap(to_device(self.data, device), device)      # (not _make: its array module is the source's)
+        out._op = "to"
+        if _grad_enabled and self.requires_grad:
+            out.requires_grad, out._parents, out._backward = True, (self,), lambda g: (to_device(g, src),)
+            self._uses += 1
         return out
 
     def cpu(self):

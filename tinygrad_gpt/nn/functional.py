@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import fused, patterns
 from .. import rng as _rng
+from ..backend import array_module
 from ..errors import UnsupportedError, unsupported_getattr
 from ..tensor import Tensor, TensorError
 
@@ -57,12 +58,8 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
 
 
 def _scatter_add_rows(d, rows, g):
-    """d[rows[i]] += g[i] for every i, repeated rows adding up (NumPy's add.at; CuPy's on the GPU)."""
-    if isinstance(d, np.ndarray):
-        np.add.at(d, rows, g)
-    else:
-        import cupyx
-        cupyx.scatter_add(d, rows, g)
+    """d[rows[i]] += g[i] for every i, repeated rows adding up (the array module's add.at: NumPy's, CuPy's)."""
+    array_module(d).add.at(d, rows, g)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
