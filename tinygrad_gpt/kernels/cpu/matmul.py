@@ -18,6 +18,11 @@ from . import blas
 from ._jit import kernel
 
 
+SMALL = 1 << 15
+"""Multiply-adds below which NumPy's matmul is faster (OpenBLAS runs such products on one thread, and a kernel call
+costs ~10 us): a generation step's one row, a notebook's 4 x 4."""
+
+
 @kernel
 def bmm(fn, ilp64, a, ta, lda, b, tb, ldb, c, row_parts):
     """c[i] (M, N) = a[i] b[i] for every i of the batch, c C-contiguous (nb, M, N); a (nb, M, K), b (nb, K, N) 3-D
@@ -57,7 +62,7 @@ def batched_matmul(a, b):
     error."""
     lib = blas.find()
     if (lib is None or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64) or a.ndim < 2 or b.ndim < 2
-            or a.shape[-1] != b.shape[-2]):
+            or a.shape[-1] != b.shape[-2] or a.size * b.shape[-1] < SMALL):
         return a @ b
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     lead_a, lead_b = a.shape[:-2], b.shape[:-2]
@@ -103,7 +108,7 @@ def _run(lib, a3, b3):
     threads = max(1, numba.config.NUMBA_NUM_THREADS)
     row_parts = max(1, min(m, -(-2 * threads // nb)))              # at least 2 pieces per thread, rows allowing
     with lib.single_threaded():
-        if nb * row_parts == 1 or nb * m * n * a3.shape[2] < 32768:   # too small to hand to the threads
+        if nb * row_parts == 1 or nb * m * n * a3.shape[2] < 4 * SMALL:   # too small to hand to the threads
             bmm.serial(lib.gemm_for(c.dtype), lib.ilp64, a3, ta, lda, b3, tb, ldb, c, row_parts)
         else:
             bmm.parallel(lib.gemm_for(c.dtype), lib.ilp64, a3, ta, lda, b3, tb, ldb, c, row_parts)
