@@ -3,7 +3,9 @@
     model.safetensors   the state dict: {parameter name: float32 array}, names as in SPEC section 2
     optim.safetensors   AdamW moments by parameter name: "exp_avg.<name>", "exp_avg_sq.<name>" (optional)
     meta.json           format and format_version, the GPTConfig, the tokenizer's characters, the step, RNG states,
-                        best validation loss, training settings, each file's size and SHA-256, and its own SHA-256
+                        best validation loss, training settings, each file's size and SHA-256, and its own SHA-256;
+                        for a model other than the GPT (a rung of the lecture's ladder, tinygrad_gpt/lecture/),
+                        "model": which one and its hyperparameters (the config then holds the same sizes)
 
 No pickle: safetensors holds arrays and nothing executable; meta.json is plain JSON.
 
@@ -72,9 +74,17 @@ class Checkpoint:
         return int(self.meta["step"])
 
     def build_model(self, device="cpu"):
-        """A GPT with this checkpoint's config and weights. Raises CheckpointError when they do not fit."""
+        """The model (a GPT, or the lecture rung meta.json names) with this checkpoint's weights. Raises
+        CheckpointError when they do not fit."""
         from .model import GPT
-        model = GPT(self.config, device=device)
+        spec = self.meta.get("model")
+        if spec is not None:
+            from . import lecture, rng
+            state = rng.get_rng_state()                     # building draws weights: leave the user's stream alone
+            model = lecture.build(spec["rung"], dict(spec["hp"])).to(device)
+            rng.set_rng_state(state)
+        else:
+            model = GPT(self.config, device=device)
         try:
             model.load_state_dict(self.model_state)
         except ValueError as e:
@@ -136,7 +146,7 @@ def save(path, model, tokenizer, step, optimizer=None, optimizer_names=None, met
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "tinygrad_gpt_version": __version__,
-        "config": dataclasses.asdict(model.config),
+        "config": dataclasses.asdict(model.config) if "model" not in info else info["config"],
         "tokenizer": {"type": "char", "chars": list(tokenizer.chars)},
         "step": int(step),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -249,7 +259,7 @@ def load(path, with_optimizer=True):
         _check_meta_fields(meta)
     except _Invalid as e:
         raise CheckpointError(f"checkpoint {path}: {META_FILE} {e}") from None
-    shapes = _check_meta_values(path, meta)
+    shapes, params = _check_meta_values(path, meta)
     model_state = _read_tensors(path, MODEL_FILE, meta)
     _check_tensors(path, MODEL_FILE, model_state, shapes)
     optim_state = None
@@ -258,7 +268,7 @@ def load(path, with_optimizer=True):
         if with_optimizer:
             optim_state = _parse_tensors(path, OPTIM_FILE, data)
             _check_tensors(path, OPTIM_FILE, optim_state, {f"{kind}.{n}": shape for kind in ("exp_avg", "exp_avg_sq")
-                                                           for n, shape in shapes.items()})
+                                                           for n, shape in params.items()})
     return Checkpoint(path, meta, model_state, optim_state)
 
 
@@ -427,6 +437,7 @@ def _meta_schema(version):
         "train?": _mapping(_scalar),                  # the TrainConfig; config.check_saved_settings checks it
         "data?": _record({"path": _optional(_string), "name": _string, "chars": _integer(0), "sha256": _sha256}),
         "data_parallel?": _record({"ranks": _integer(1), "rows_per_rank": _integer(1)}),
+        "model?": _record({"kind": _equals("lecture-rung"), "rung": _string, "hp": _mapping(_scalar)}),
         "budget?": _record({"time": _string, "seconds": _number(0), "from_step": _integer(0),   # budget.py's plan
                             "max_iters": _integer(1), "step_s": _number(0), "eval_s": _number(0),
                             "evaluations": _integer(0), "startup_s": _number(0), "planned_end_s": _number(0)}),
@@ -443,8 +454,9 @@ def _check_meta_fields(meta):
 
 def _check_meta_values(path, meta):
     """What the fields say, checked against each other: a valid config, a tokenizer of vocab_size characters, the
-    optimizer's parameters and step counts, the data-parallel streams. Returns the parameter shapes the config
-    implies, {name: shape}, read from the model itself (model.parameter_shapes)."""
+    optimizer's parameters and step counts, the data-parallel streams. Returns the state dict's shapes the config
+    implies, {name: shape}, and the parameters' (the same for the GPT; a lecture rung's state dict holds buffers
+    too), read from the model itself (model.parameter_shapes, lecture.parameter_shapes)."""
     from .model import GPTConfig, parameter_shapes
 
     def bad(message):
@@ -456,13 +468,26 @@ def _check_meta_values(path, meta):
         raise bad(f"invalid config or tokenizer ({_one_line(e)})") from None
     if tok.vocab_size != cfg.vocab_size:
         raise bad(f"the tokenizer has {tok.vocab_size} characters but the config says vocab_size {cfg.vocab_size}")
-    shapes = parameter_shapes(cfg)
+    spec = meta.get("model")
+    if spec is None:
+        shapes = params = parameter_shapes(cfg)
+    else:
+        from . import lecture
+        if spec["rung"] not in lecture.BY_NAME:
+            raise bad(f"model.rung {spec['rung']!r} is not a rung of the lecture's ladder "
+                      f"({', '.join(lecture.BY_NAME)})")
+        if spec["hp"].get("vocab_size") != cfg.vocab_size:
+            raise bad("model.hp.vocab_size and config.vocab_size disagree")
+        try:
+            shapes, params = lecture.parameter_shapes(spec["rung"], dict(spec["hp"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise bad(f"model.hp does not build rung {spec['rung']} ({_one_line(e)})") from None
     opt = meta.get("optimizer")
     if (opt is None) != (OPTIM_FILE not in meta["files"]):
         raise bad(f"the optimizer fields and the file list disagree on {OPTIM_FILE}")
     if opt is not None:
         order = opt["param_order"]
-        if sorted(order) != sorted(shapes):
+        if sorted(order) != sorted(params):
             raise bad("optimizer.param_order does not name each parameter of the model once")
         if opt["steps"] is not None and (len(opt["steps"]) != len(order) or max(opt["steps"]) > opt["step"]):
             raise bad(f"optimizer.steps must hold one count <= optimizer.step ({opt['step']}) per parameter")
@@ -470,7 +495,7 @@ def _check_meta_values(path, meta):
     dp = meta.get("data_parallel")
     if (ranks is None) != (dp is None) or (dp is not None and len(ranks) != dp["ranks"]):
         raise bad("rng.model_ranks must hold one dropout stream per data-parallel rank (data_parallel.ranks)")
-    return shapes
+    return shapes, params
 
 
 def _read_verified(path, name, meta):

@@ -42,7 +42,8 @@ def build_parser():
     from .evaluate import SPLITS
     p = _Parser(prog="tinygrad-gpt", description="Train and sample the char-level GPT of \"Let's build GPT\" "
                 "on a NumPy autograd engine (no torch).")
-    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,bench,import-torch}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,bench,import-torch,ladder,compare}",
+                           parser_class=_Parser)
     sub.required = True
 
     preset_lines = "\n".join(f"  {name:8} " + " ".join(f"{k}={v}" for k, v in cfg.items())
@@ -178,7 +179,64 @@ def build_parser():
     i.add_argument("--activation", choices=["relu", "gelu"], default="relu",
                    help="the MLP activation of the model (the lecture's is relu) [relu]")
     i.add_argument("--force", action="store_true", help="replace a checkpoint already in --out")
+    _ladder_parser(sub)
+    _compare_parser(sub)
     return p
+
+
+def _ladder_parser(sub):
+    from .lecture import RUNGS
+    d = sub.add_parser("ladder", help="train the lecture's rungs, bigram to scaled-up GPT, and compare them",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train every rung of the lecture (tinygrad_gpt/lecture/, examples/lecture/ in the "
+                       "repository) on one\ncorpus within one time budget, each with its own hyperparameters, into "
+                       "run directories\nOUT/<rung> (sample, eval and compare read them); then OUT/ladder.md (the "
+                       "table and a sample\nof each rung), OUT/ladder.json and OUT/ladder.png (every rung's "
+                       "validation curve).\n\nrungs: " + ", ".join(r.name for r in RUNGS),
+                       epilog="examples:\n  tinygrad-gpt ladder                       # 10 minutes, tiny Shakespeare, "
+                       "runs/ladder\n  tinygrad-gpt ladder --time 2m --rungs bigram,one-head,layernorm\n"
+                       "  tinygrad-gpt sample --ckpt runs/ladder/layernorm -n 200")
+    d.add_argument("--time", default="10m", metavar="DURATION", help="the whole ladder's budget: 90s, 5m, 1h [10m]")
+    d.add_argument("--data", metavar="FILE", help="UTF-8 corpus [the packaged tiny Shakespeare]")
+    d.add_argument("--out", default="runs/ladder", metavar="DIR", help="[runs/ladder]")
+    d.add_argument("--rungs", default="all", metavar="LIST", help="comma-separated rung names, or all [all]")
+    d.add_argument("--seed", type=_int, default=1337, help="seeds every rung's weights, batches and dropout [1337]")
+    d.add_argument("--force", action="store_true", help="replace a ladder already in --out")
+    d.add_argument("--max-steps", type=_int, metavar="N", help="at most N steps per rung (a quick look)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _ladder(args):
+    from .ladder import run
+    run(args.out, args.time, data=args.data, rungs=args.rungs, seed=args.seed, force=args.force,
+        progress=not args.no_progress, max_steps=args.max_steps)
+    return 0
+
+
+def _compare_parser(sub):
+    c = sub.add_parser("compare", help="compare runs: what changed, steps, time, tokens/s, losses (a tuning table)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Compare training runs (of train, data-parallel train, or ladder rungs): for each, "
+                       "the settings that differ\nfrom the first run's (the baseline), its steps, wall time, tokens/s, "
+                       "final train and val loss,\nbest val loss and that loss's change against the baseline's in "
+                       "percent. Runs on another corpus\nthan the baseline's are flagged with a *.",
+                       epilog="examples:\n  tinygrad-gpt compare runs/cpu runs/deeper runs/wider\n"
+                       "  tinygrad-gpt compare runs/ladder/*/ --markdown ladder.md --plot    # every rung of a ladder\n"
+                       "  tinygrad-gpt compare runs/a runs/b --json")
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; the first is the baseline")
+    c.add_argument("--json", action="store_true", help="print one JSON object (numbers unrounded) instead of the table")
+    c.add_argument("--markdown", metavar="FILE", help="also write the table as markdown to FILE")
+    c.add_argument("--plot", nargs="?", const="compare.png", metavar="FILE",
+                   help="also draw every run's validation curve into FILE (.png, .svg, .pdf) [compare.png]")
+
+
+def _compare(args):
+    from .compare import CompareError, compare
+    try:
+        compare(args.runs, json_out=args.json, markdown=args.markdown, plot=args.plot)
+    except CompareError as e:
+        raise _UsageError(str(e)) from None
+    return 0
 
 
 def _import_torch(args):
@@ -297,7 +355,8 @@ def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
         return {"train": _train, "sample": _sample, "eval": _eval, "bench": _bench,
-                "import-torch": _import_torch}[args.command](args)
+                "import-torch": _import_torch, "ladder": _ladder,
+                "compare": _compare}[args.command](args)
     except _UsageError as e:
         return _error(e, EXIT_USAGE)
     except SystemExit as e:                # --help

@@ -20,7 +20,7 @@ import numpy as np
 from .checkpoint import CheckpointError
 from .data import DataError, load_corpus
 from .sample import load_model
-from .tensor import no_grad
+from .tensor import Tensor, no_grad
 
 SPLITS = ("val", "train", "all")
 
@@ -81,7 +81,7 @@ def evaluate(ckpt_path, data=None, split="val", batch_size=32, device="cpu", pro
                          disable=None if progress else True, leave=False) as bar:
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]              # (b, T), (b, T)
-            _, loss = model(xb, yb)                                        # mean over the b * T positions
+            _, loss = model(Tensor(xb), Tensor(yb))                        # mean over the b * T positions
             total += loss.item() * yb.size
             bar.update(len(xb))
     trained_on = (ckpt.meta.get("data") or {}).get("sha256")

@@ -98,13 +98,14 @@ class RunDir:
             _write_text_atomic(self.log_path, "".join(json.dumps(r) + "\n" for r in history))
         return history
 
-    def record(self, rec, history, title):
-        """Append one evaluation's record to the log and redraw the plot of all of them."""
+    def record(self, rec, history, title, plot=True):
+        """Append one evaluation's record to the log and (plot=True) redraw the plot of all of them."""
         if not self.writes:
             return
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
-        plot_losses(history, self.plot_path, title)
+        if plot:
+            plot_losses(history, self.plot_path, title)
 
     def save(self, name, model, tokenizer, step, optimizer, optimizer_names, meta):
         """Write checkpoint `name` (last or best) atomically; SaveFailed (one line) when the disk says no."""

@@ -6,9 +6,13 @@ pass); `use_cache=False` recomputes the whole context each time and gives the sa
 import math
 import sys
 
+import numpy as np
+
 from . import checkpoint as ckpt_io
 from .backend import get_device
 from .data import DataError, default_prompt, describe_chars
+from .model import sample_next
+from .tensor import Tensor
 
 DEFAULT_RUN = "runs/cpu"      # where `tinygrad-gpt train` with no arguments writes
 
@@ -54,8 +58,12 @@ def sample(ckpt=DEFAULT_RUN, prompt=None, num_chars=500, temperature=1.0, top_k=
     if stream is not None and shown:
         stream.write(shown)
         stream.flush()
-    for nxt in model.generate_iter(context, num_chars, temperature=temperature, top_k=top_k, seed=seed,
-                                   use_cache=use_cache, window=window):
+    if hasattr(model, "generate_iter"):                          # the GPT: a key/value cache, window rules
+        tokens = model.generate_iter(context, num_chars, temperature=temperature, top_k=top_k, seed=seed,
+                                     use_cache=use_cache, window=window)
+    else:                                                       # a lecture rung: the lecture's sliding window
+        tokens = generate_plain(model, context, num_chars, ck.config.block_size, temperature, top_k, seed)
+    for nxt in tokens:
         ch = tok.chars[int(nxt[0])]
         pieces.append(ch)
         if stream is not None:
@@ -76,3 +84,17 @@ def main_stream():
         except (ValueError, OSError):
             pass
     return out
+
+
+def generate_plain(model, context, n, block_size, temperature=1.0, top_k=None, seed=None):
+    """Yield n tokens (B,) sampled from any model whose model(idx) gives (logits (B, t, V), _): the whole context (its
+    last block_size tokens) recomputed for each, as the lecture's generate does; temperature, top_k and the draws as
+    GPT.generate_iter's (model.sample_next)."""
+    rng = np.random.default_rng(seed)
+    ctx = np.asarray(context, dtype=np.int64)                  # (B, t)
+    with model.evaluating():
+        for _ in range(n):
+            logits, _ = model(Tensor(ctx[:, -block_size:]))    # (B, t, V)
+            nxt = sample_next(logits.numpy()[:, -1], temperature, top_k, rng)   # (B,)
+            ctx = np.concatenate([ctx, nxt[:, None]], axis=1)
+            yield nxt

@@ -193,7 +193,8 @@ def attention_forward(q, k, v, keep=None, p=0.0, out=None, scale=None):
     abuf = None if keep is None else np.empty_like(pbuf)           # and A^T under dropout
     kb = None if keep is None else np.ascontiguousarray(keep).view(np.uint8)
     with lib.single_threaded():
-        attention_fwd.parallel(lib.gemm_for(q.dtype), lib.ilp64, q, k, v, y, blk, pbuf, abuf, kb, scale, ks)
+        kernel = attention_fwd.parallel if b * h * t * tk * hs >= tuning.PARALLEL_MACS else attention_fwd.serial
+        kernel(lib.gemm_for(q.dtype), lib.ilp64, q, k, v, y, blk, pbuf, abuf, kb, scale, ks)
     if out is not None and y is not out:
         out[...] = y
         y = out
@@ -208,9 +209,10 @@ def attention_backward(dy, cache, out=None):
     given = out if out is not None else (None, None, None)
     grads = [o if o is not None and o.strides[-1] == o.itemsize else np.empty(a.shape, a.dtype)
              for o, a in zip(given, (q, k, v))]
+    b, h, t, hs = q.shape
+    kernel = attention_bwd.parallel if b * h * t * k.shape[-2] * hs >= tuning.PARALLEL_MACS else attention_bwd.serial
     with lib.single_threaded():
-        attention_bwd.parallel(lib.gemm_for(q.dtype), lib.ilp64, q, k, v, y, dy, *grads, blk, pbuf, abuf, kb, scale,
-                               ks)
+        kernel(lib.gemm_for(q.dtype), lib.ilp64, q, k, v, y, dy, *grads, blk, pbuf, abuf, kb, scale, ks)
     if out is None:
         return tuple(grads)
     for o, g in zip(out, grads):

@@ -18,7 +18,7 @@ from . import blas
 from ._jit import kernel
 from ._math import tanh
 from ._reduce import n_pieces, sum_rows
-from .tuning import ROWS
+from .tuning import PARALLEL_MACS, ROWS
 
 _GELU_K = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
@@ -154,6 +154,12 @@ def gemm_rows(fn, ilp64, a, ta, b, tb, c, pieces):
                   ft(0), c.ctypes.data + r0 * n * c.itemsize, n)
 
 
+def _pick(kernel, macs):
+    """The kernel's parallel version for a product of `macs` multiply-adds, or its serial one below
+    tuning.PARALLEL_MACS."""
+    return kernel.parallel if macs >= PARALLEL_MACS else kernel.serial
+
+
 def _pieces():
     return max(1, numba.config.NUMBA_NUM_THREADS)
 
@@ -170,7 +176,8 @@ def linear_forward(x, w, b=None, activation=None, residual=None):
     pre = np.empty_like(y) if activation == "gelu" else None
     res = None if residual is None else np.ascontiguousarray(residual)
     with lib.single_threaded():
-        linear_fwd.parallel(lib.gemm_for(y.dtype), lib.ilp64, x, np.ascontiguousarray(w), y, b, ACT[activation], res,
+        _pick(linear_fwd, n * d * x.shape[1])(lib.gemm_for(y.dtype), lib.ilp64, x, np.ascontiguousarray(w), y, b,
+                                              ACT[activation], res,
                             pre, _pieces())
     return y, (y if activation == "relu" else pre)
 
@@ -188,8 +195,9 @@ def linear_backward(g, x, w, bias=True, saved=None, activation=None):
     dw = np.empty(w.shape, g.dtype)
     fn, pieces = lib.gemm_for(g.dtype), _pieces()
     with lib.single_threaded():
-        gemm_rows.parallel(fn, lib.ilp64, g, blas.NO_TRANS, w, blas.NO_TRANS, dx, pieces)   # dx = g W
-        gemm_rows.parallel(fn, lib.ilp64, g, blas.TRANS, x, blas.NO_TRANS, dw, pieces)      # dW = g^T x
+        gemm = _pick(gemm_rows, g.size * w.shape[1])
+        gemm(fn, lib.ilp64, g, blas.NO_TRANS, w, blas.NO_TRANS, dx, pieces)               # dx = g W
+        gemm(fn, lib.ilp64, g, blas.TRANS, x, blas.NO_TRANS, dw, pieces)                  # dW = g^T x
     return dx, dw, db
 
 

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import blas
+from . import blas, tuning
 from ._jit import kernel
 
 
@@ -107,9 +107,8 @@ def _run(lib, a3, b3):
     b3, tb, ldb = _as_blas(b3)
     threads = max(1, numba.config.NUMBA_NUM_THREADS)
     row_parts = max(1, min(m, -(-2 * threads // nb)))              # at least 2 pieces per thread, rows allowing
+    small = nb * row_parts == 1 or nb * m * n * a3.shape[2] < tuning.PARALLEL_MACS    # not worth the threads
     with lib.single_threaded():
-        if nb * row_parts == 1 or nb * m * n * a3.shape[2] < 4 * SMALL:   # too small to hand to the threads
-            bmm.serial(lib.gemm_for(c.dtype), lib.ilp64, a3, ta, lda, b3, tb, ldb, c, row_parts)
-        else:
-            bmm.parallel(lib.gemm_for(c.dtype), lib.ilp64, a3, ta, lda, b3, tb, ldb, c, row_parts)
+        (bmm.serial if small else bmm.parallel)(lib.gemm_for(c.dtype), lib.ilp64, a3, ta, lda, b3, tb, ldb, c,
+                                                row_parts)
     return c

@@ -10,6 +10,12 @@ PARALLEL_WORK = 1 << 14
 OpenMP's threads costs a few microseconds). Chosen by size only, never by thread count. Changes speed; a kernel's
 serial and parallel compilations may round differently in the last bit."""
 
+PARALLEL_MACS = 1 << 20
+"""Multiply-adds of a product kernel (linear, the @, attention) below which its serial version runs: handing a
+small product to OpenMP's threads costs more than it saves, and on a busy machine a parallel region waits for a
+descheduled thread (milliseconds). Chosen by size only; the serial and parallel versions split the work into the
+same pieces, so the bits are the same."""
+
 ROWS = 64
 """Rows per piece of a column sum (LayerNorm's dw and db, a linear layer's db, cross-entropy's mean loss): partial
 sums per piece, added in piece order, so a result does not depend on the thread count. Changing it changes the last
