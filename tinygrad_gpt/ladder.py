@@ -243,7 +243,8 @@ def run(out=DEFAULT_OUT, time_budget=DEFAULT_TIME, data=None, rungs=None, seed=1
             step_s, eval_s, sample_s = job.rehearse()                 # (its first steps may compile kernels)
         left = seconds - (time.perf_counter() - start)
         share = left * weights[i] / sum(weights[i:])                   # this rung's part of what is left
-        fits = int((share - (EVALS + 1) * eval_s - sample_s - 0.5) / step_s)   # (0.5 s: the plot)
+        # the steps that fit, 5% short of it (steps run slower than timed now and then) and 0.5 s for the plot
+        fits = int(0.95 * (share - (EVALS + 1) * eval_s - sample_s - 0.5) / step_s)
         steps = min(job.hp["max_iters"], fits, max_steps or fits)
         if os.environ.get("TINYGRAD_GPT_LADDER_DEBUG"):
             say(f"{rung.name}: share {share:.1f} s, step {step_s * 1000:.2f} ms, evaluation {eval_s:.2f} s, "
@@ -294,15 +295,21 @@ def table(rows, markdown=True):
 
 def write_outputs(out, rows, corpus, time_budget, elapsed):
     out = Path(out)
-    best = min(range(1, len(rows)), key=lambda i: rows[i]["val_loss"] - rows[i - 1]["val_loss"], default=None)
+    drops = {i: rows[i]["val_loss"] - rows[i - 1]["val_loss"] for i in range(1, len(rows))}
+    best = min(drops, key=drops.get, default=None)
+    small = min((i for i in drops if rows[i]["rung"] != "scaled-up"), key=drops.get, default=None)
     md = [f"# The lecture's ladder on {Path(corpus.name).name}", "",
           f"`tinygrad-gpt ladder --time {time_budget}`: {len(rows)} rungs in {elapsed:.0f} s "
           f"({time.strftime('%Y-%m-%d')}). Loss in nats per character on fixed batches of each split; "
           "\"the lecture's\" is the figure the lecture records, under its own settings, not ours.", "",
           table(rows), ""]
     if best is not None:
-        md += [f"The rung that helped most: **{rows[best]['rung']}** ({rows[best]['title']}), "
-               f"{rows[best]['val_loss'] - rows[best - 1]['val_loss']:+.3f} in validation loss.", ""]
+        line = (f"The rung that helped most: **{rows[best]['rung']}** ({rows[best]['title']}), "
+                f"{drops[best]:+.3f} in validation loss")
+        if small is not None and small != best:
+            line += (f"; of the changes at the small size, **{rows[small]['rung']}** ({rows[small]['title']}), "
+                     f"{drops[small]:+.3f}")
+        md += [line + ".", ""]
     md += ["![validation loss of every rung](ladder.png)", "", "## Samples", ""]
     for r in rows:
         md += [f"### {r['rung']} (val {r['val_loss']:.3f})", "", "```", r["sample"].strip("\n"), "```", ""]
@@ -323,11 +330,9 @@ def plot_curves(rows, path):
     for r in rows:
         steps, vals = zip(*r["curve"])
         ax.plot(steps, vals, marker=".", label=f"{r['rung']} ({r['val_loss']:.2f})")
-    for r in rows:
-        if r["theirs_val"] is not None:
-            ax.axhline(r["theirs_val"], color="gray", lw=0.7, ls=":")
-            ax.annotate(f"lecture: {r['rung']} {r['theirs_val']}", (0, r["theirs_val"]), textcoords="offset points",
-                        xytext=(4, 3), fontsize=7, color="gray")
+    for r, style in zip([r for r in rows if r["theirs_val"] is not None], (":", "--")):
+        ax.axhline(r["theirs_val"], color="gray", lw=0.8, ls=style,
+                   label=f"the lecture's {r['rung']}: {r['theirs_val']}")
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss (nats/char)")
     ax.set_title("the lecture's ladder: validation loss of each rung", fontsize=9)
