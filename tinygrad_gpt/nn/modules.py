@@ -521,8 +521,7 @@ class Embedding(Module):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         init = init or TorchInit(dtype, device)
-        self.weight = init.normal((num_embeddings, embedding_dim), 1.0) if isinstance(init, TorchInit) else \
-            init.normal((num_embeddings, embedding_dim))                                # (n, dim)
+        self.weight = init.normal((num_embeddings, embedding_dim))   # (n, dim): N(0, 1) torch's, N(0, 0.02) the GPT's
         if padding_idx is not None:
             self.weight.data[padding_idx] = 0
 
