@@ -27,8 +27,9 @@ torch.manual_seed(1337) and writes its state dict (every engine loads it with `m
 check in float64 (the exact trajectory) and in float32 from the weights and from perturbed copies (the float32
 spread; protocol.check_tolerance). Each engine then computes, from those weights, the eval-mode loss of the first
 check batch (the lecture's estimate_loss: eval(), no_grad, dropout off) and the losses of the config's check_steps
-AdamW steps of a dropout-0 model; all must lie within the tolerance of the exact trajectory. An engine that fails is reported and
-not timed; one whose process raises is reported with the last line of its log (kept in the output folder).
+AdamW steps of a dropout-0 model; all must lie within the tolerance of the exact trajectory. An engine that fails is
+reported and not timed; one whose process raises is reported with the last line of its log (kept in the output
+folder).
 
 Internal: `python benchmarks/lecture_bench.py --worker ENGINE CONFIG_JSON CPUS` is one engine's process.
 """
@@ -42,7 +43,6 @@ import os
 import re
 import sys
 import time
-import traceback
 import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -272,35 +272,11 @@ class Worker:
 
 
 def worker_main(engine, config_json, cpus):
-    """Answer the coordinator: one JSON command per line on stdin, one JSON reply per line on the original stdout
-    (fd 1 goes to stderr, the log file, so a library's print cannot corrupt a reply). A failing command replies
-    {"error": last line} and prints its traceback to the log."""
-    from benchmarks.worker import _protocol_channel
-    if cpus and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, [int(c) for c in cpus.split(",")])
-    reply = _protocol_channel()
-
-    def error(e):
-        traceback.print_exc()
-        sys.stderr.flush()
-        return {"error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
-    try:
-        worker = Worker(engine, protocol.BenchConfig(**json.loads(config_json)))
-        reply.write(json.dumps({"ready": True, "versions": worker.versions()}) + "\n")
-    except Exception as e:
-        reply.write(json.dumps(error(e)) + "\n")
-        return 1
-    for line in sys.stdin:
-        msg = json.loads(line)
-        cmd = msg.pop("cmd")
-        if cmd == "quit":
-            break
-        try:
-            out = getattr(worker, cmd)(**msg)
-        except Exception as e:
-            out = error(e)
-        reply.write(json.dumps(out) + "\n")
-    return 0
+    """Answer the coordinator (benchmarks/worker.serve: one JSON command per line, one JSON reply per line, a
+    failing command's traceback to the log); the ready reply carries the engine's versions."""
+    from benchmarks.worker import serve
+    return serve(lambda: Worker(engine, protocol.BenchConfig(**json.loads(config_json))), cpus,
+                 ready=lambda worker: {"versions": worker.versions()})
 
 
 # ---- the coordinator ---------------------------------------------------------------------------------------------

@@ -5,13 +5,12 @@ from torch.nn import functional as F
 # The GPT of the "Let's build GPT" lecture, written the way the lecture writes it: one Head module per attention head,
 # a ModuleList of heads, a Sequential of blocks, torch's own layers. Plain torch code: benchmarks/lecture_bench.py
 # runs this file as it is under torch, and with only its first three lines swapped for another engine's torch-shaped
-# imports (what a user does to a lecture-style script), so nothing else here may name anything but torch. The one
-# difference from the lecture: the hyperparameters come in a Hyperparameters object instead of module globals, so the
-# benchmark can pick the size.
+# imports (what a user does to a lecture-style script), so nothing else here may name anything but torch. Two
+# differences from the lecture: the hyperparameters come in a Hyperparameters object instead of module globals, so the
+# benchmark can pick the size, and the positions are made on the device of the tokens instead of a global `device`
+# (benchmarks/torch_models.py's LectureGPT, the main suite's torch-lecture engine on cpu or cuda, is this model).
 #
 # Dimension names: B batch, T time (sequence length, T <= block_size), C n_embd, V vocab_size, hs head size.
-
-device = 'cpu'      # the lecture picks 'cuda' when torch.cuda.is_available(); this benchmark times the CPU
 
 
 class Hyperparameters:
@@ -126,7 +125,7 @@ class GPTLanguageModel(nn.Module):
     def forward(self, idx, targets=None):
         B, T = idx.shape
         tok_emb = self.token_embedding_table(idx)                           # (B, T, C)
-        pos_emb = self.position_embedding_table(torch.arange(T, device=device))   # (T, C)
+        pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))   # (T, C)
         x = tok_emb + pos_emb                                               # (B, T, C)
         x = self.blocks(x)                                                  # (B, T, C)
         x = self.ln_f(x)                                                    # (B, T, C)

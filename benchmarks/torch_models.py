@@ -1,9 +1,9 @@
 """The two torch models tinygrad_gpt is timed against, both the GPT of SPEC section 1 (dropout 0 in the benchmarks).
 
-LectureGPT: the model as the lecture writes it (karpathy/ng-video-lecture `gpt.py`): one `Head` module per head with
-    its own key/query/value Linear, a `tril` buffer, masked_fill and softmax, heads concatenated in
-    `MultiHeadAttention`, a `FeedForward` Sequential; the hyperparameters come from a config instead of globals.
-    Attention is scaled by the head size (`k.shape[-1]**-0.5`, as in the lecture's final gpt.py).
+LectureGPT: the model as the lecture writes it (karpathy/ng-video-lecture `gpt.py`), from benchmarks/lecture_gpt.py
+    (the file lecture_bench.py runs under both engines): one `Head` module per head with its own key/query/value
+    Linear, a `tril` buffer, masked_fill and softmax, heads concatenated in `MultiHeadAttention`, a `FeedForward`
+    Sequential; attention scaled by the head size (`k.shape[-1]**-0.5`, as in the lecture's final gpt.py).
 FusedGPT:   the same model written for speed in plain torch: one qkv Linear per block and
     `F.scaled_dot_product_attention(is_causal=True)`; its parameter names are SPEC section 2's.
 
@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from benchmarks import lecture_gpt
 
 
 def _init_weights(module):
@@ -34,117 +36,20 @@ def _as_tensor(a):
 
 # ---- the lecture's model -----------------------------------------------------------------------------------------
 
-class Head(nn.Module):
-    """one head of self-attention"""
-
-    def __init__(self, cfg, head_size):
-        super().__init__()
-        self.key = nn.Linear(cfg.n_embd, head_size, bias=False)
-        self.query = nn.Linear(cfg.n_embd, head_size, bias=False)
-        self.value = nn.Linear(cfg.n_embd, head_size, bias=False)
-        self.register_buffer("tril", torch.tril(torch.ones(cfg.block_size, cfg.block_size)))
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x):
-        B, T, C = x.shape
-        k = self.key(x)                                             # (B, T, hs)
-        q = self.query(x)                                           # (B, T, hs)
-        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5         # (B, T, T)
-        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))
-        wei = F.softmax(wei, dim=-1)
-        wei = self.dropout(wei)
-        v = self.value(x)                                           # (B, T, hs)
-        return wei @ v                                              # (B, T, hs)
-
-
-class MultiHeadAttention(nn.Module):
-    """multiple heads of self-attention in parallel"""
-
-    def __init__(self, cfg, num_heads, head_size):
-        super().__init__()
-        self.heads = nn.ModuleList([Head(cfg, head_size) for _ in range(num_heads)])
-        self.proj = nn.Linear(head_size * num_heads, cfg.n_embd)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x):
-        out = torch.cat([h(x) for h in self.heads], dim=-1)         # (B, T, C)
-        return self.dropout(self.proj(out))
-
-
-class FeedFoward(nn.Module):
-    """a simple linear layer followed by a non-linearity (the lecture's spelling)"""
+class LectureGPT(lecture_gpt.GPTLanguageModel):
+    """The lecture's GPTLanguageModel (benchmarks/lecture_gpt.py, the lecture_bench's model file), its sizes from a
+    BenchConfig-like `cfg`."""
 
     def __init__(self, cfg):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(cfg.n_embd, 4 * cfg.n_embd),
-            nn.ReLU(),
-            nn.Linear(4 * cfg.n_embd, cfg.n_embd),
-            nn.Dropout(cfg.dropout),
-        )
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class LectureBlock(nn.Module):
-    """Transformer block: communication followed by computation"""
-
-    def __init__(self, cfg):
-        super().__init__()
-        head_size = cfg.n_embd // cfg.n_head
-        self.sa = MultiHeadAttention(cfg, cfg.n_head, head_size)
-        self.ffwd = FeedFoward(cfg)
-        self.ln1 = nn.LayerNorm(cfg.n_embd)
-        self.ln2 = nn.LayerNorm(cfg.n_embd)
-
-    def forward(self, x):
-        x = x + self.sa(self.ln1(x))
-        x = x + self.ffwd(self.ln2(x))
-        return x
-
-
-class LectureGPT(nn.Module):
-    """The lecture's GPTLanguageModel."""
-
-    def __init__(self, cfg):
-        super().__init__()
+        super().__init__(lecture_gpt.Hyperparameters(vocab_size=cfg.vocab_size, block_size=cfg.block_size,
+                                                     n_embd=cfg.n_embd, n_head=cfg.n_head, n_layer=cfg.n_layer,
+                                                     dropout=cfg.dropout))
         self.cfg = cfg
-        self.token_embedding_table = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.position_embedding_table = nn.Embedding(cfg.block_size, cfg.n_embd)
-        self.blocks = nn.Sequential(*[LectureBlock(cfg) for _ in range(cfg.n_layer)])
-        self.ln_f = nn.LayerNorm(cfg.n_embd)  # final layer norm
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size)
-        self.apply(_init_weights)
-
-    def forward(self, idx, targets=None):
-        B, T = idx.shape
-        tok_emb = self.token_embedding_table(idx)                   # (B, T, C)
-        pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))   # (T, C)
-        x = tok_emb + pos_emb                                       # (B, T, C)
-        x = self.blocks(x)                                          # (B, T, C)
-        x = self.ln_f(x)                                            # (B, T, C)
-        logits = self.lm_head(x)                                    # (B, T, V)
-        if targets is None:
-            loss = None
-        else:
-            B, T, C = logits.shape
-            logits = logits.view(B * T, C)
-            targets = targets.view(B * T)
-            loss = F.cross_entropy(logits, targets)
-        return logits, loss
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens):
-        """The lecture's sampling: full recomputation on the last block_size tokens for every new token."""
-        for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.cfg.block_size:]                # crop idx to the last block_size tokens
-            logits, loss = self(idx_cond)
-            logits = logits[:, -1, :]                               # (B, V)
-            probs = F.softmax(logits, dim=-1)                       # (B, V)
-            idx_next = torch.multinomial(probs, num_samples=1)      # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)                 # (B, T+1)
-        return idx
+        """The lecture's sampling (full recomputation on the last block_size tokens for every new token), no graph."""
+        return super().generate(idx, max_new_tokens)
 
     def layer_modules(self):
         blk = self.blocks[0]

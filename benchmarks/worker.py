@@ -190,18 +190,27 @@ class Worker:
         return matmul_shapes.square_rate(lib, sizes, n)
 
 
-def main(argv):
-    engine_name, config_name, init_file, cpus = argv[0], argv[1], argv[2], argv[3] if len(argv) > 3 else ""
+def _error(e):
+    """A failure as the coordinator reads it: the traceback to the log, its last line as the reply."""
+    traceback.print_exc()
+    sys.stderr.flush()
+    return {"error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
+
+
+def serve(build, cpus, ready=lambda worker: {}):
+    """A worker process's life: pinned to `cpus` ("0,1", or "" for any), build() the worker, reply {"ready": True,
+    **ready(worker)} (or {"error": ...} and return 1 when the engine cannot run here), then answer one JSON command
+    per line of stdin ({"cmd": method name, **arguments}) with one JSON reply per line, until "quit". Replies go to
+    the real stdout; fd 1 goes to stderr, the log, so a library's print cannot corrupt a reply."""
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, [int(c) for c in cpus.split(",")])
     reply = _protocol_channel()
     try:
-        worker = Worker(engine_name, config_name, init_file)
+        worker = build()
+        reply.write(json.dumps({"ready": True, **ready(worker)}) + "\n")
     except Exception as e:                     # the engine cannot run here: one line to the coordinator
-        traceback.print_exc()
-        reply.write(json.dumps({"error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}) + "\n")
+        reply.write(json.dumps(_error(e)) + "\n")
         return 1
-    reply.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         msg = json.loads(line)
         cmd = msg.pop("cmd")
@@ -210,10 +219,14 @@ def main(argv):
         try:
             out = getattr(worker, cmd)(**msg)
         except Exception as e:
-            traceback.print_exc()
-            out = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
+            out = _error(e)
         reply.write(json.dumps(out) + "\n")
     return 0
+
+
+def main(argv):
+    engine_name, config_name, init_file, cpus = argv[0], argv[1], argv[2], argv[3] if len(argv) > 3 else ""
+    return serve(lambda: Worker(engine_name, config_name, init_file), cpus)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import torch
 from cli_support import run
+from no_torch import BLOCK_TORCH
 from torch import nn
 from torch.nn import functional as F
 
@@ -390,16 +391,8 @@ def test_output_directory_rules(tmp_path, capsys):
 
 
 # ---- the whole command where torch cannot be imported ----------------------------------------------------------------
-NO_TORCH = r"""
-import importlib.abc, sys
-
-class BlockTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch is blocked in this test (import of {name!r})", name=name)
-        return None
-
-sys.meta_path.insert(0, BlockTorch())
+NO_TORCH = BLOCK_TORCH + r"""
+import sys
 from tinygrad_gpt.cli import main
 model, out = sys.argv[1:3]
 codes = [main(["import-torch", model, "--out", out]), main(["sample", "--ckpt", out, "-n", "20", "--seed", "0"])]

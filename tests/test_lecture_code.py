@@ -24,6 +24,7 @@ import torch
 import tinygrad_gpt
 from helpers import rel_err
 from model_helpers import TOL64_FWD, TOL64_GRAD, f32_tol, gpt_depth, red_gpt
+from no_torch import BLOCK_TORCH
 from tinygrad_gpt import fused
 
 HERE = Path(__file__).resolve().parent
@@ -272,13 +273,8 @@ def test_generate_under_no_grad():
 
 # ---- the whole script, without torch --------------------------------------------------------------------------------
 
-NO_TORCH = """
-import importlib.abc, runpy, sys
-class BlockTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch is blocked in this test (import of {name!r})", name=name)
-sys.meta_path.insert(0, BlockTorch())
+NO_TORCH = BLOCK_TORCH + """
+import runpy, sys
 script = sys.argv[1]
 sys.argv = sys.argv[1:]
 runpy.run_path(script, run_name="__main__")

@@ -12,26 +12,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from no_torch import BLOCK_TORCH
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Optional extras a module may need only on a GPU machine ([gpu] in setup.cfg): their absence is not a failure here.
 OPTIONAL = ("cupy", "numba", "cuda")
 
-PROBE = r"""
-import importlib, importlib.abc, json, pkgutil, sys, traceback
-
-attempts = []
-
-class BlockTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            frames = [f for f in traceback.extract_stack() if not f.filename.startswith("<frozen")]
-            attempts.append((name, "".join(traceback.format_list(frames[-6:-1]))))
-            raise ImportError(f"torch is blocked in this test (import of {name!r})", name=name)
-        return None
-
-sys.meta_path.insert(0, BlockTorch())
+PROBE = BLOCK_TORCH + r"""
+import importlib, json, pkgutil, sys
+attempts = _TorchBlocker.attempts
 
 import tinygrad_gpt
 imported, failed = ["tinygrad_gpt"], {}

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 import pytest
+from no_torch import BLOCK_TORCH
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "examples" / "lecture.ipynb"
@@ -51,29 +52,13 @@ dropout = 0.0
 sample_chars = 40
 """
 
-BLOCK_TORCH = r"""
-import importlib.abc as _abc, sys as _sys
-
-class _RefuseTorch(_abc.MetaPathFinder):
-    attempts = []
-    preloaded = sorted(m for m in _sys.modules if m == "torch" or m.startswith("torch."))
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            self.attempts.append(name)
-            raise ImportError(f"torch is blocked in this test (import of {name!r})", name=name)
-        return None
-
-_sys.meta_path.insert(0, _RefuseTorch())
-"""
-
 REPORT = r"""
 import json as _json, sys as _sys
 print("REPORT " + _json.dumps({
     "bigram_first": float(bigram_first), "bigram_final": float(bigram_final),
     "first_loss": float(first_loss), "final_loss": float(final_loss),
     "trick_allclose": [bool(v) for v in trick_allclose],
-    "attempts": _RefuseTorch.attempts, "preloaded": _RefuseTorch.preloaded,
+    "attempts": _TorchBlocker.attempts, "preloaded": _TorchBlocker.preloaded,
     "torch_modules": sorted(m for m in _sys.modules if m == "torch" or m.startswith("torch.")),
     "engine_file": _sys.modules["tinygrad_gpt"].__file__,
 }))

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import check, check_or_raise
-from strategies import (axes, broadcastable_shapes, distinct_floats, floats, index_arrays, shapes)
+from strategies import (axes, broadcastable_shapes, distinct_floats, floats, index_arrays, new_shapes, shapes)
 from tinygrad_gpt import Tensor, gradcheck
 
 
@@ -262,32 +262,11 @@ def test_max_ties_share_the_gradient_like_torch_amax():
 
 
 # ---- shapes ------------------------------------------------------------------------------------------------------
-def _prime_factors(n):
-    out, p = [], 2
-    while n > 1:
-        while n % p == 0:
-            out.append(p)
-            n //= p
-        p += 1
-    return out
-
-
 @st.composite
 def reshape_inputs(draw):
     """An array and a new shape of the same size: its prime factors regrouped, size-1 axes inserted, maybe a -1."""
     shape = draw(shapes())
-    factors = draw(st.permutations([f for d in shape for f in _prime_factors(d)]))
-    target = []
-    for f in factors:
-        if target and draw(st.booleans()):
-            target[-1] *= f
-        else:
-            target.append(f)
-    for _ in range(draw(st.integers(0, 2))):
-        target.insert(draw(st.integers(0, len(target))), 1)
-    if target and draw(st.booleans()):
-        target[draw(st.integers(0, len(target) - 1))] = -1
-    return draw(floats(shape)), tuple(target)
+    return draw(floats(shape)), draw(new_shapes(shape))
 
 
 @given(reshape_inputs())

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from no_torch import BLOCK_TORCH
 
 from tinygrad_gpt import serialization
 from tinygrad_gpt.serialization import (
@@ -481,16 +482,8 @@ def test_only_the_listed_globals_are_allowed():
 
 
 # ---- no torch at all -----------------------------------------------------------------------------------------------
-NO_TORCH = r"""
-import importlib.abc, json, sys
-
-class BlockTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch is blocked in this test (import of {name!r})", name=name)
-        return None
-
-sys.meta_path.insert(0, BlockTorch())
+NO_TORCH = BLOCK_TORCH + r"""
+import json, sys
 from tinygrad_gpt.serialization import load
 sd = load(sys.argv[1])
 assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)

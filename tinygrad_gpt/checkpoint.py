@@ -39,6 +39,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from .data import CharTokenizer, DataError
+from .fileio import fsync_dir as _fsync_dir, write_file as _write_file
 
 FORMAT = "tinygrad_gpt.checkpoint"
 FORMAT_VERSION = 2
@@ -80,9 +81,8 @@ class Checkpoint:
         spec = self.meta.get("model")
         if spec is not None:
             from . import lecture, rng
-            state = rng.get_rng_state()                     # building draws weights: leave the user's stream alone
-            model = lecture.build(spec["rung"], dict(spec["hp"])).to(device)
-            rng.set_rng_state(state)
+            with rng.preserved():                           # building draws weights: leave the user's stream alone
+                model = lecture.build(spec["rung"], dict(spec["hp"])).to(device)
         else:
             model = GPT(self.config, device=device)
         try:
@@ -190,26 +190,6 @@ def write_dir_atomic(path, files):
         raise
     shutil.rmtree(old, ignore_errors=True)
     _cleanup_stale(path)
-
-
-def _write_file(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:                        # e.g. Windows: directories cannot be opened; rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _asides(path):

@@ -150,6 +150,12 @@ class Corpus:
                 f"so the corpus needs at least {min_corpus_length(block_size)} (or use a smaller --block-size)")
         return self
 
+    def record(self, path):
+        """What a checkpoint's meta.json keeps of the corpus read from `path` (None: the packaged default): its
+        resolved path, name, length and SHA-256."""
+        return {"path": str(Path(path).resolve()) if path else None, "name": Path(self.name).name,
+                "chars": len(self.ids), "sha256": self.sha256}
+
     def split(self, name):
         if name not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {name!r}")

@@ -15,6 +15,7 @@ step counts give the same run.
     OUT/ladder.md   the table and the samples;  OUT/ladder.json  the same as data;  OUT/ladder.png  the curves
 """
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from . import rng as _rng
 from .budget import parse_duration
 from .config import ConfigError
 from .data import BatchSampler, default_prompt, fixed_batches, load_corpus
+from .model import GPTConfig
 from .optim import AdamW
 from .rundir import BEST, LAST, RunDir, holds_run
 from .sample import generate_plain
@@ -77,8 +79,8 @@ def check_out(out, force):
 class RungRun:
     """One rung's model, optimizer, batches and run directory: rehearse, then train."""
 
-    def __init__(self, rung, corpus, out, seed, force, data_path=None):
-        self.rung, self.corpus, self.seed, self.data_path, self.force = rung, corpus, seed, data_path, force
+    def __init__(self, rung, corpus, out, seed, force, data=None):
+        self.rung, self.corpus, self.seed, self.data, self.force = rung, corpus, seed, data, force
         self.hp = lecture.hyperparameters(rung.name, corpus.tokenizer.vocab_size)
         corpus.check_block_size(self.hp["block_size"])
         self.rundir = RunDir(Path(out) / rung.name).open(resume=False, force=force)
@@ -190,17 +192,14 @@ class RungRun:
     def meta(self, steps, interval, val_loss, best, elapsed):
         """meta.json's fields for this rung's checkpoints (checkpoint.save adds the rest)."""
         hp = self.hp
-        config = {"vocab_size": hp["vocab_size"], "block_size": hp["block_size"], "n_embd": hp["n_embd"],
-                  "n_head": hp["n_head"], "n_layer": hp["n_layer"], "dropout": hp["dropout"], "bias": True,
-                  "activation": "relu"}
-        corpus = self.corpus
+        config = dataclasses.asdict(GPTConfig(**{f.name: hp[f.name] for f in dataclasses.fields(GPTConfig)
+                                                 if f.name in hp}))            # the rung's sizes as a GPTConfig
+        data = self.corpus.record(self.data)
         return {"model": {"kind": "lecture-rung", "rung": self.rung.name, "hp": hp}, "config": config,
                 "train": {"rung": self.rung.name, "batch_size": hp["batch_size"], "block_size": hp["block_size"],
                           "lr": hp["learning_rate"], "max_iters": steps, "eval_interval": interval,
-                          "eval_batches": EVAL_BATCHES, "seed": self.seed, "data": self.data_path},
-                "data": {"path": self.data_path, "name": Path(corpus.name).name, "chars": len(corpus.ids),
-                         "sha256": corpus.sha256},
-                "best_val_loss": best, "val_loss": val_loss, "elapsed_s": elapsed}
+                          "eval_batches": EVAL_BATCHES, "seed": self.seed, "data": data["path"]},
+                "data": data, "best_val_loss": best, "val_loss": val_loss, "elapsed_s": elapsed}
 
 
 @contextlib.contextmanager
@@ -231,14 +230,13 @@ def run(out=DEFAULT_OUT, time_budget=DEFAULT_TIME, data=None, rungs=None, seed=1
     chosen = rung_names(rungs)
     corpus = load_corpus(data)
     out = check_out(out, force)
-    data_path = str(Path(data).resolve()) if data else None
     weights = [SHARES[r.name] for r in chosen]
     start = time.perf_counter()
     say(f"ladder: {len(chosen)} rungs on {Path(corpus.name).name} ({len(corpus.ids):,} characters) in "
         f"{time_budget} ({seconds:.0f} s); each rung in {out}/<rung>")
     rows = []
     for i, rung in enumerate(chosen):
-        job = RungRun(rung, corpus, out, seed, force, data_path)
+        job = RungRun(rung, corpus, out, seed, force, data)
         with threads(job.model):
             step_s, eval_s, sample_s = job.rehearse()                 # (its first steps may compile kernels)
         left = seconds - (time.perf_counter() - start)

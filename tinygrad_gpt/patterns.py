@@ -27,7 +27,7 @@ import numpy as np
 
 from . import fused
 from .backend import to_host
-from .tensor import Size, Tensor, _mm, is_grad_enabled
+from .tensor import Size, Tensor, _mm
 
 _DATA = Tensor.data          # the `data` slot of every Tensor; a Pending reads it through its property
 
@@ -102,21 +102,10 @@ class Pending(Tensor):
 
 def _pending(pattern, shape, dtype, like, parents, backward, op, compute, inputs=()):
     """A Pending node: `compute()` makes its array when read; `pattern` is what the next step of the chain reads."""
-    out = Pending.__new__(Pending)
-    _DATA.__set__(out, None)
-    out.device, out._op, out._pattern = like.device, op, pattern
-    out._grad = out._grad_tensor = out.grad_buffer = None
-    out._grad_owned = False
-    out._uses = out._version = 0
+    out = Pending._wrap(None, like.device)                         # (its array slot empty until read)
+    out._pattern = pattern
     out._compute, out._meta, out._inputs = compute, (tuple(shape), np.dtype(dtype)), [(t, t._version) for t in inputs]
-    out.requires_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
-    if out.requires_grad:
-        out._parents, out._backward = parents, backward
-        for p in parents:
-            p._uses += 1
-    else:
-        out._parents, out._backward = (), None
-    return out
+    return out._record(parents, backward, op)
 
 
 def scores(a, b):

@@ -8,6 +8,8 @@ and the masks of `nn.Dropout` / `F.dropout` / `scaled_dot_product_attention`. Th
 torch's (mt19937 with its own transforms): the same seed gives a reproducible run here, not torch's numbers. The
 fused `GPT` keeps its own seeded generators (SPEC section 4) and never touches this one.
 """
+import contextlib
+
 import numpy as np
 
 DEFAULT_SEED = 67280421310721          # what a process starts from before any manual_seed (torch's default seed)
@@ -67,6 +69,17 @@ def get_rng_state():
 
 def set_rng_state(state):
     default_generator.set_state(state)
+
+
+@contextlib.contextmanager
+def preserved():
+    """The default generator's state put back after the block (building a model to read its layout must not move
+    a user's random stream)."""
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def numpy_generator(generator=None):

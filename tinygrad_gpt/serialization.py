@@ -26,13 +26,13 @@ import math
 import os
 import pickle
 import struct
-import uuid
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save as st_save
 
+from .fileio import replace_file
 from .tensor import Tensor
 
 TREE_KEY = "tinygrad_gpt.tree"           # the safetensors metadata entry that holds the tree
@@ -108,7 +108,7 @@ def save(obj, f):
     meta = {TREE_KEY: json.dumps({"version": TREE_VERSION, "root": root}, allow_nan=False)}
     data = st_save(arrays, metadata=meta)
     if isinstance(f, (str, os.PathLike)):
-        _write_atomic(Path(f), data)
+        replace_file(Path(f), data)
     elif hasattr(f, "write"):
         f.write(data)
     else:
@@ -176,34 +176,6 @@ def _fresh_name(path, used, flat):
         name, n = f"{base}#{n}", n + 1
     used.add(name)
     return name
-
-
-def _write_atomic(path, data):
-    """Replace file `path` by `data`: written to a temporary file in the same directory, fsync'ed, renamed over
-    `path` (atomic), then the directory fsync'ed. A failure leaves any previous file untouched."""
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:                    # e.g. Windows: a directory cannot be opened; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---- load ----------------------------------------------------------------------------------------------------------

@@ -289,26 +289,29 @@ class Tensor:
                             "(use torch.empty/zeros(sizes)); the second argument is requires_grad")
         if device is None:
             device = device_of(data.data if isinstance(data, Tensor) else data)
-        self.device = get_device(device)
-        self.data = _as_array(data, self.device, dtype)
+        device = get_device(device)
+        self._leaf(_as_array(data, device, dtype), device)
+        if requires_grad:
+            self.requires_grad_()
+
+    def _leaf(self, array, device):
+        """Every slot of a leaf holding `array` (no copy, no checks)."""
+        self.data, self.device, self.requires_grad = array, device, False
         self._grad = self._grad_tensor = None
         self._grad_owned = False   # an inner node's gradient is its own array (not another node's): add in place
-        self.requires_grad = bool(requires_grad)
-        if self.requires_grad and self.data.dtype.kind != "f":
-            raise TypeError(f"only floating-point tensors can require gradients, not {self.data.dtype}")
-        self._parents = ()
-        self._backward = None
-        self._op = None  # name of the op that made this tensor; None for a leaf
+        self._parents, self._backward = (), None
+        self._op = None            # name of the op that made this tensor; None for a leaf
         # where backward() puts a leaf's first gradient instead of a new array (an optimizer's flat buffer view)
         self.grad_buffer = None
-        self._uses = 0          # graph nodes recorded with this tensor as a parent (in-place ops check it)
-        self._pattern = None    # set on the nodes of a pattern a fused op may replace (patterns.py)
-        self._version = 0       # in-place writes so far (a pending node checks its inputs' against it)
+        self._uses = 0             # graph nodes recorded with this tensor as a parent (in-place ops check it)
+        self._pattern = None       # set on the nodes of a pattern a fused op may replace (patterns.py)
+        self._version = 0          # in-place writes so far (a pending node checks its inputs' against it)
 
     # ---- construction of graph nodes -------------------------------------------------------------------------
     @classmethod
     def _make(cls, data, parents, backward, op):
         """A new tensor holding `data`, recording `parents` and `backward` when a gradient must flow."""
+        # _leaf and _record written out: every op goes through here, and two calls cost ~15% of a small op
         out = cls.__new__(cls)
         # asarray: NumPy returns scalars, not 0-d arrays, from ops on 0-d arrays and from full reductions
         out.data, out._grad, out._grad_tensor, out.device, out._op = \
@@ -329,11 +332,19 @@ class Tensor:
     def _wrap(cls, array, device):
         """A leaf holding `array` itself (no copy, no checks): views of gradients and state dicts."""
         out = cls.__new__(cls)
-        out.data, out.device, out._grad, out._grad_tensor, out.requires_grad = array, device, None, None, False
-        out._grad_owned = False
-        out._parents, out._backward, out._op, out.grad_buffer, out._pattern = (), None, None, None, None
-        out._uses = out._version = 0
+        out._leaf(array, device)
         return out
+
+    def _record(self, parents, backward, op):
+        """Make this new tensor the result of `op` on `parents`: a graph node (parents and backward kept, their use
+        counts raised) when gradients are on and a parent requires one. Returns it."""
+        self._op = op
+        self.requires_grad = _grad_enabled and any(p.requires_grad for p in parents)
+        if self.requires_grad:
+            self._parents, self._backward = parents, backward
+            for p in parents:
+                p._uses += 1
+        return self
 
     def _lift(self, other):
         """`other` as a Tensor on this device. A Python scalar takes this tensor's dtype, except where that would change
@@ -537,11 +548,7 @@ class Tensor:
             return self
         src = self.device
         out = Tensor._wrap(to_device(self.data, device), device)      # (not _make: its array module is the source's)
-        out._op = "to"
-        if _grad_enabled and self.requires_grad:
-            out.requires_grad, out._parents, out._backward = True, (self,), lambda g: (to_device(g, src),)
-            self._uses += 1
-        return out
+        return out._record((self,), lambda g: (to_device(g, src),), "to")
 
     def cpu(self):
         return self._move(CPU)
@@ -1638,6 +1645,16 @@ class Tensor:
 
     def bool(self):
         return self._cast(np.bool_)
+
+
+def zero_grads(tensors, set_to_none=True):
+    """torch's zero_grad over `tensors` (Module.zero_grad, the optimizers'): drop each gradient (set_to_none=True,
+    torch's default) or set it to zero in place (an optimizer's flat gradient buffer stays attached)."""
+    for t in tensors:
+        if set_to_none or t._grad is None:
+            t.grad = None
+        else:
+            t._grad[...] = 0
 
 
 def _replaced(old, value):

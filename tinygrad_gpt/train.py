@@ -250,8 +250,7 @@ class Trainer:
         self._reset_counters()
         self.history = []
 
-        self.data_info = {"path": str(Path(tc.data).resolve()) if tc.data else None, "name": Path(corpus.name).name,
-                          "chars": len(corpus.ids), "sha256": corpus.sha256}
+        self.data_info = corpus.record(tc.data)
         if ckpt and ckpt.meta.get("data", {}).get("sha256") not in (None, corpus.sha256):
             say(f"note: {corpus.name} differs from the corpus this run started on")
         n_params = self.model.num_parameters()

@@ -63,13 +63,10 @@ def parameter_shapes(name, hp):
     built with the default generator's state put back after (a checkpoint's check must not move a user's random
     stream)."""
     from .. import rng
-    state = rng.get_rng_state()
-    try:
+    with rng.preserved():
         model = build(name, hp)
-        return ({k: tuple(v.shape) for k, v in model.state_dict().items()},
-                {k: tuple(p.shape) for k, p in model.named_parameters()})
-    finally:
-        rng.set_rng_state(state)
+    return ({k: tuple(v.shape) for k, v in model.state_dict().items()},
+            {k: tuple(p.shape) for k, p in model.named_parameters()})
 
 
 def count_parameters(model):

@@ -19,7 +19,7 @@ import numpy as np
 from .. import fused, patterns
 from .. import rng as _rng
 from ..backend import get_device, to_device
-from ..tensor import Tensor, TensorError, _is_dtype, no_grad
+from ..tensor import Tensor, TensorError, _is_dtype, no_grad, zero_grads
 
 
 class Parameter(Tensor):
@@ -233,11 +233,7 @@ class Module:
         return self
 
     def zero_grad(self, set_to_none=True):
-        for p in self.parameters():
-            if set_to_none or p._grad is None:
-                p.grad = None
-            else:
-                p._grad[...] = 0
+        zero_grads(self.parameters(), set_to_none)
 
     # ---- state -------------------------------------------------------------------------------------------------
     def state_dict(self, destination=None, prefix="", keep_vars=False):
@@ -333,7 +329,21 @@ class Module:
 
 # ---- containers -----------------------------------------------------------------------------------------------------
 
-class Sequential(Module):
+class _Ordered(Module):
+    """What Sequential and ModuleList share: their modules in order, numbered "0", "1", ... as they are appended."""
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module):
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+
+class Sequential(_Ordered):
     """Modules called one after the other: Sequential(a, b, c) or Sequential(OrderedDict(name=module))."""
 
     def __init__(self, *modules):
@@ -342,8 +352,8 @@ class Sequential(Module):
             for name, m in modules[0].items():
                 self.add_module(name, m)
         else:
-            for i, m in enumerate(modules):
-                self.add_module(str(i), m)
+            for m in modules:
+                self.append(m)
 
     def forward(self, x):
         for m in self._modules.values():
@@ -356,24 +366,13 @@ class Sequential(Module):
             return Sequential(collections.OrderedDict(items[i]))
         return items[i][1]
 
-    def __len__(self):
-        return len(self._modules)
 
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def append(self, module):
-        self.add_module(str(len(self._modules)), module)
-        return self
-
-
-class ModuleList(Module):
+class ModuleList(_Ordered):
     """A list of modules, registered under "0", "1", ... (torch.nn.ModuleList)."""
 
     def __init__(self, modules=None):
         super().__init__()
-        for m in modules or ():
-            self.append(m)
+        self.extend(modules or ())
 
     def __getitem__(self, i):
         values = list(self._modules.values())
@@ -384,16 +383,6 @@ class ModuleList(Module):
     def __setitem__(self, i, module):
         i = range(len(self))[i]
         self.add_module(str(i), module)
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def append(self, module):
-        self.add_module(str(len(self._modules)), module)
-        return self
 
     def extend(self, modules):
         for m in modules:

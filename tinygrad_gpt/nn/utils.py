@@ -1,8 +1,9 @@
 """torch.nn.utils: gradient clipping."""
 import numpy as np
 
+from ..backend import array_module
 from ..errors import unsupported_getattr
-from ..optim import grad_norm
+from ..optim import _clip_coefficient
 from ..tensor import Tensor
 
 __getattr__ = unsupported_getattr("torch.nn.utils")
@@ -18,14 +19,12 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         raise ValueError("clip_grad_norm_: only the L2 norm (norm_type=2) is supported")
     if not grads:
         return Tensor(np.zeros((), np.float32))
-    norm = grad_norm(grads)                                    # float64 sum of squares, then the root
+    norm, coef = _clip_coefficient(grads, max_norm)            # AdamW's clipping: one formula for both
     if error_if_nonfinite and not np.isfinite(float(norm)):
         raise RuntimeError(f"clip_grad_norm_: the total norm of the gradients is {float(norm)}")
-    coef = min(1.0, max_norm / (float(norm) + 1e-6))
-    if coef < 1.0:
-        for g in grads:
-            g *= g.dtype.type(coef)
-    return Tensor(np.asarray(norm, dtype=grads[0].dtype))
+    for g in grads:
+        g *= array_module(g).asarray(coef).astype(g.dtype)
+    return Tensor(array_module(grads[0]).asarray(norm, dtype=grads[0].dtype))
 
 
 def clip_grad_value_(parameters, clip_value, foreach=None):

@@ -13,6 +13,7 @@ import numpy as np
 from ..backend import array_module, to_device, to_host
 from ..errors import UnsupportedError, unsupported_getattr
 from ..kernels import twin
+from ..tensor import enable_grad, zero_grads
 from . import lr_scheduler  # noqa: F401  (torch.optim.lr_scheduler)
 
 __getattr__ = unsupported_getattr("torch.optim")
@@ -152,11 +153,7 @@ class AdamW:
 
     def zero_grad(self, set_to_none=True):
         """Drop the gradients (set_to_none=True, torch's default) or set them to zero in place."""
-        for p in self.parameters():
-            if set_to_none or p._grad is None:
-                p.grad = None
-            else:
-                p._grad[...] = 0
+        zero_grads(self.parameters(), set_to_none)
 
     def clip_grad_norm(self, max_norm):
         """Scale all gradients by min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_; returns the
@@ -195,7 +192,6 @@ class AdamW:
         clipping.)"""
         loss = None
         if closure is not None:
-            from ..tensor import enable_grad
             with enable_grad():
                 loss = closure()
         whole = self.gather_grads()
@@ -291,17 +287,11 @@ class SGD:
         self.buffers = {}
 
     def zero_grad(self, set_to_none=True):
-        for g in self.param_groups:
-            for p in g["params"]:
-                if set_to_none or p._grad is None:
-                    p.grad = None
-                else:
-                    p._grad[...] = 0
+        zero_grads((p for g in self.param_groups for p in g["params"]), set_to_none)
 
     def step(self, closure=None):
         loss = None
         if closure is not None:
-            from ..tensor import enable_grad
             with enable_grad():
                 loss = closure()
         for grp in self.param_groups:
