@@ -12,6 +12,7 @@ as tinygrad_gpt from the same weights; the engines take turns (benchmarks/runner
 missing is listed with the command that installs it. See benchmarks/README.md.
 """
 import argparse
+import dataclasses
 import datetime
 import os
 import shutil
@@ -59,10 +60,16 @@ def parse(argv):
     p.add_argument("--sample-config", choices=list(protocol.CONFIGS), default=None,
                    help="model shape for sampling [lecture; --quick small]")
     p.add_argument("--sample-tokens", type=int, default=None, help="tokens to sample [500; --quick 100]")
+    p.add_argument("--allocator", choices=list(protocol.ALLOCATORS), default="tuned",
+                   help="glibc's malloc settings of every engine's process: tinygrad_gpt's own (tuned) or glibc's "
+                   "defaults for all [tuned]")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for bench.json, .md, .png")
     p.add_argument("--update-readme", nargs="?", const=README, default=None, metavar="README",
                    help="write the speed table between the README's speed-table markers [README.md]")
+    p.add_argument("--force", action="store_true",
+                   help="publish (write --out and the README) even when the machine was busy during the run")
     args = p.parse_args(argv)
+    args.engines_named = args.engines is not None
     args.configs = args.configs or list(protocol.QUICK_CONFIGS if args.quick else protocol.CONFIGS)
     if args.engines is None:
         args.engines = list(engines.QUICK_ENGINES if args.quick else engines.CPU_ENGINES) if "cpu" in args.devices \
@@ -87,29 +94,28 @@ def parse(argv):
 
 def main(argv=None):
     args = parse(argv)
-    os.makedirs(args.out, exist_ok=True)
     log_dir = tempfile.mkdtemp(prefix="tinygrad_gpt-bench-")       # each engine process's stderr
+    cpus = protocol.engine_cpus(args.threads)
+    watch = protocol.LoadWatch(cpus)
     settings = runner.Settings(threads=args.threads, quick=args.quick, layers=not args.no_layers,
                                blas=not args.no_blas, rss=args.rss, min_sample_s=args.min_sample_ms / 1e3,
                                layer_samples=args.layer_samples, settle_s=args.settle_ms / 1e3,
                                rounds=args.rounds, block=args.block,
                                warmup=args.warmup, check_steps=args.check_steps, check_runs=args.check_runs,
-                               group=args.group,
-                               log_dir=log_dir)
+                               group=args.group, log_dir=log_dir, allocator=args.allocator, watch=watch)
     machine = protocol.machine_info()
+    start_busy = watch.sample(1.0)
     results = {"meta": {"date": datetime.datetime.now().isoformat(timespec="seconds"), "quick": args.quick,
                         "argv": sys.argv[1:] if argv is None else list(argv), "machine": machine,
-                        "threads": args.threads, "cpus": protocol.engine_cpus(args.threads),
-                        "loadavg_start": machine.get("loadavg"), "settle_s": settings.settle_s,
-                        "spread_factor": protocol.SPREAD_FACTOR, "engines": args.engines},
+                        "threads": args.threads, "cpus": cpus, "allocator": args.allocator,
+                        "allocator_env": protocol.ALLOCATORS[args.allocator],
+                        "loadavg_start": machine.get("loadavg"), "busy_cpus_at_start": start_busy,
+                        "settle_s": settings.settle_s, "spread_factor": protocol.SPREAD_FACTOR,
+                        "engines": args.engines, "hardware_peak": protocol.hardware_peak(args.threads)},
                "configs": {}}
-    load, cores = (machine.get("loadavg") or [0])[0], machine.get("usable_cpus") or machine["cpu_count"] or 1
-    if load > 0.5 * cores:
-        results["meta"]["busy"] = (f"the machine was busy at the start (load average {load} on {cores} cores): "
-                                   "with every engine's threads waiting for descheduled siblings, times and ratios "
-                                   "are noisy; run the numbers you report on a quiet machine.")
-        runner.say("warning: " + results["meta"]["busy"])
-    runner.say(f"engines: {' '.join(args.engines)}; {args.threads} threads each, CPUs {results['meta']['cpus']}")
+    runner.say(f"engines: {' '.join(args.engines)}; {args.threads} threads each, CPUs {cpus}; allocator "
+               f"{args.allocator}; other processes kept {start_busy if start_busy is not None else '?'} CPUs busy "
+               "before the start")
 
     if not args.no_matmul:
         sizes, n = ((1024,), 3) if args.quick else ((1024, 1536, 2048), 7)
@@ -117,16 +123,19 @@ def main(argv=None):
         mm = runner.one_off(engines.REFERENCE, small, settings, "matmul", lib="numpy", sizes=sizes, n=n)
         if mm:
             results["matmul"] = mm
-            runner.say(f"float32 matmul peak: {mm['peak_gflops']:.0f} GFLOP/s (NumPy)")
-        if "torch-fused" in args.engines and not args.quick:
-            results["matmul_torch"] = runner.one_off("torch-fused", small, settings, "matmul", lib="torch",
+            runner.say(f"float32 matmul rate: {mm['peak_gflops']:.0f} GFLOP/s (NumPy's BLAS)")
+        if engines.TORCH_BASELINE in args.engines and not args.quick:
+            results["matmul_torch"] = runner.one_off(engines.TORCH_BASELINE, small, settings, "matmul", lib="torch",
                                                      sizes=sizes, n=n)
         if any(engines.spec(n).device == "cuda" for n in args.engines):
             results["matmul_cuda"] = runner.one_off("tinygrad_gpt-cuda", small, settings, "matmul", lib="cupy",
                                                     sizes=(4096, 8192), n=5)
 
     for cname in args.configs:
-        results["configs"][cname] = runner.run_config(protocol.CONFIGS[cname], args.engines, settings)
+        bc = protocol.CONFIGS[cname]
+        if args.engines_named:                      # named engines run even where they are slow
+            bc = dataclasses.replace(bc, slow_engines={})
+        results["configs"][cname] = runner.run_config(bc, args.engines, settings)
     add_mfu(results)
 
     if not args.no_sampling:
@@ -143,32 +152,57 @@ def main(argv=None):
         results["sampling"] = samp
 
     results["meta"]["loadavg_end"] = protocol.machine_info().get("loadavg")
+    results["meta"]["load"] = load = watch.summary()
+    if load["busy"]:
+        results["meta"]["busy"] = (
+            f"other processes kept {load['mean_cpus']:.2f} CPUs busy on average (at most {load['max_cpus']:.2f}) "
+            f"in the {load['windows']} pauses between turns, above the {protocol.BUSY_CPUS} CPUs a quiet run allows: "
+            "engines whose threads wait for descheduled siblings slow by 10-50x, and even the ratios mean little")
+        runner.say("warning: the machine was busy: " + results["meta"]["busy"])
     if any(c["errors"] for c in results["configs"].values()):
         runner.say(f"the engines' logs are kept in {log_dir}")
     else:
         shutil.rmtree(log_dir, ignore_errors=True)
-    paths = report.write_outputs(results, args.out)
+    out, readme = publish_targets(args, load["busy"])
+    paths = report.write_outputs(results, out)
     runner.say("wrote " + ", ".join(paths.values()))
     for cname, r, t in report.targets(results):
         runner.say(f"{cname:12s} tinygrad_gpt / torch fused {r:.2f} (target <= {t:.2f})")
-    if args.update_readme:
-        if report.update_readme(results, args.update_readme):
-            runner.say(f"updated the speed table in {args.update_readme}")
+    if readme:
+        if report.update_readme(results, readme):
+            runner.say(f"updated the speed table in {readme}")
         else:
-            runner.say(f"{args.update_readme} has no {report.README_START} ... {report.README_END} block: "
-                       "not updated")
+            runner.say(f"{readme} has no {report.README_START} ... {report.README_END} block: not updated")
     return 0
 
 
+def publish_targets(args, busy):
+    """Where the results go: --out and the README; a busy run (protocol.LoadWatch) goes to --out/unpublished and
+    leaves the README alone, unless --force."""
+    if busy and not args.force:
+        out = os.path.join(args.out, "unpublished")
+        runner.say(f"not publishing a busy run: results go to {out}"
+                   + (", the README is left as it was" if args.update_readme else "") + " (--force publishes it)")
+        return out, None
+    return args.out, args.update_readme
+
+
 def add_mfu(results):
-    """step.mfu = achieved GFLOP/s / the matmul peak of the engine's device (NumPy's on the CPU)."""
-    peaks = {"cpu": (results.get("matmul") or {}).get("peak_gflops"),
+    """step.mfu = achieved model GFLOP/s / the hardware's float32 peak (protocol.hardware_peak, CPU engines);
+    step.of_matmul_rate = the same over the float32 square-matmul rate of the device's library (NumPy's BLAS on the
+    CPU, CuPy's on the GPU): how close a step comes to what the BLAS itself reaches."""
+    hw = (results["meta"].get("hardware_peak") or {}).get("gflops")
+    rates = {"cpu": (results.get("matmul") or {}).get("peak_gflops"),
              "cuda": (results.get("matmul_cuda") or {}).get("peak_gflops")}
     for c in results["configs"].values():
         for name, e in c["engines"].items():
-            peak = peaks.get(engines.spec(name).device)
-            if peak and "step" in e:
-                e["step"]["mfu"] = e["step"]["achieved_gflops"] / peak
+            if "step" not in e:
+                continue
+            device = engines.spec(name).device
+            if hw and device == "cpu":
+                e["step"]["mfu"] = e["step"]["achieved_gflops"] / hw
+            if rates.get(device):
+                e["step"]["of_matmul_rate"] = e["step"]["achieved_gflops"] / rates[device]
 
 
 if __name__ == "__main__":

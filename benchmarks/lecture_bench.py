@@ -100,11 +100,10 @@ MUTATIONS = {
 }
 
 CONFIGS = {
-    "small": protocol.BenchConfig("small", 32, 64, 128, 4, 4, warmup=3, rounds=5, block=4, check_steps=3,
-                                  check_runs=16),
+    # every config and engine: protocol.WARMUP untimed steps of the timed model before the rounds
+    "small": protocol.BenchConfig("small", 32, 64, 128, 4, 4, rounds=5, block=4, check_steps=3, check_runs=16),
     # ~5 s a step on 2 cores: one step per turn
-    "lecture": protocol.BenchConfig("lecture", 64, 256, 384, 6, 6, warmup=1, rounds=5, block=1, check_steps=3,
-                                    check_runs=4),
+    "lecture": protocol.BenchConfig("lecture", 64, 256, 384, 6, 6, rounds=5, block=1, check_steps=3, check_runs=4),
     # the smoke test's (tests/test_lecture_bench_smoke.py)
     "tiny": protocol.BenchConfig("tiny", 4, 16, 32, 2, 2, warmup=1, rounds=1, block=1, check_steps=3, check_runs=8),
 }

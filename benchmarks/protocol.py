@@ -14,6 +14,12 @@ import numpy as np
 
 # ---- configs -----------------------------------------------------------------------------------------------------
 
+WARMUP = 2
+"""Untimed steps of every engine before the first round, the same on every config and for every engine (after the
+check's steps, where JIT engines compile), so no engine is timed colder than another."""
+
+SLOW = "would take hours at this size (tinygrad took 20 s a step on mid); name it with --engines to run it"
+
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
@@ -26,6 +32,7 @@ class BenchConfig:
     check_runs: perturbed float32 runs of the reference that measure the float32 spread (check_tolerance).
     group: at most this many engine processes alive at once (0: all); the engines then alternate in groups, each
         with tinygrad_gpt and torch-fused (runner.plan_groups). Bounds memory where a process holds gigabytes.
+    slow_engines: engines the default run leaves out at this size, with why (bench.py runs them when named).
     """
     name: str
     batch_size: int
@@ -34,12 +41,13 @@ class BenchConfig:
     n_head: int
     n_layer: int
     vocab_size: int = 65          # tinyshakespeare's characters
-    warmup: int = 3
+    warmup: int = WARMUP
     rounds: int = 5
     block: int = 4
     check_steps: int = 5
     check_runs: int = 16
     group: int = 0
+    slow_engines: dict = dataclasses.field(default_factory=dict)   # left out unless named: {engine: why}
 
     def gpt_config(self):
         """GPTConfig fields, the same for every engine. dropout 0: masks would time random-number generators."""
@@ -56,20 +64,20 @@ class BenchConfig:
 
 
 CONFIGS = {
-    "small": BenchConfig("small", 16, 32, 64, 4, 4, warmup=5, rounds=5, block=6),
-    "nanogpt-cpu": BenchConfig("nanogpt-cpu", 12, 64, 128, 4, 4, warmup=3, rounds=5, block=4),
-    "mid": BenchConfig("mid", 32, 128, 192, 6, 6, warmup=2, rounds=5, block=2, check_steps=4),
+    "small": BenchConfig("small", 16, 32, 64, 4, 4, rounds=5, block=6),
+    "nanogpt-cpu": BenchConfig("nanogpt-cpu", 12, 64, 128, 4, 4, rounds=5, block=4),
+    "mid": BenchConfig("mid", 32, 128, 192, 6, 6, rounds=5, block=2, check_steps=4),
     # ~5 s a step on 2 cores: one step per block, 9 rounds (torch's fused step there has been bimodal from run to run,
     # and fewer samples gave medians anywhere between its two modes)
-    "lecture": BenchConfig("lecture", 64, 256, 384, 6, 6, warmup=1, rounds=9, block=1, check_steps=3, check_runs=4,
-                           group=3),
+    "lecture": BenchConfig("lecture", 64, 256, 384, 6, 6, rounds=9, block=1, check_steps=3, check_runs=4, group=3,
+                           slow_engines={n: SLOW for n in ("torch-compile", "tinygrad", "autograd")}),
 }
 QUICK_CONFIGS = ("small", "nanogpt-cpu")
 
 
 def quick_schedule(bc):
     """--quick: enough samples to exercise every path and give rough numbers, not to measure."""
-    return dataclasses.replace(bc, warmup=1, rounds=3, block=min(bc.block, 3), check_steps=min(bc.check_steps, 3),
+    return dataclasses.replace(bc, rounds=3, block=min(bc.block, 3), check_steps=min(bc.check_steps, 3),
                                check_runs=min(bc.check_runs, 8))
 
 
@@ -83,6 +91,21 @@ def make_batch(bc, seed):
 TIMING_SEED = 0          # the batch every timed step trains on
 CHECK_SEED = 1000        # the same-math check's batch i comes from seed CHECK_SEED + i
 INIT_SEED = 0            # GPT(cfg, seed=INIT_SEED).state_dict(): the weights every engine starts from
+
+
+# ---- the allocator -----------------------------------------------------------------------------------------------
+
+# glibc's malloc settings every engine process runs with, set in its environment before it starts (ALLOCATOR="tuned",
+# the default), or none for any (ALLOCATOR="default": glibc's own, and tinygrad_gpt's first-use mallopt switched off
+# with TINYGRAD_GPT_TUNE=0). "tuned" is what tinygrad_gpt's kernels set for themselves on first use
+# (backend.tune_host_allocator: no mmap threshold below 1 GiB, never trim), as environment variables that glibc reads
+# at start-up: a training step allocates and frees the same large temporaries every step, and the setting spares
+# each of them a fresh mmap whose pages the kernel zero-fills on first touch. It helps torch as much as it helps us
+# (issue 20 measured it), so the rival gets it too.
+ALLOCATORS = {
+    "tuned": {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(2 ** 64 - 1)},
+    "default": {"TINYGRAD_GPT_TUNE": "0"},
+}
 
 
 # ---- threads -----------------------------------------------------------------------------------------------------
@@ -206,6 +229,98 @@ def check_trajectory(losses, exact, tol):
 
 
 # ---- the machine -------------------------------------------------------------------------------------------------
+
+
+def cpu_busy(seconds, cpus=None):
+    """CPUs busy (0 .. len(cpus)) on average over `seconds`, from /proc/stat: the coordinator measures it while no
+    engine runs (the engines wait on their pipes), so it is the load of everything else on the machine. cpus: the
+    CPU numbers to watch (default: all). None where /proc/stat is missing."""
+    def read():
+        out = {}
+        try:
+            with open("/proc/stat") as f:
+                for line in f:
+                    name = line.split(maxsplit=1)[0]
+                    if name.startswith("cpu") and name != "cpu":
+                        v = [int(x) for x in line.split()[1:]]
+                        out[int(name[3:])] = (sum(v) - v[3] - (v[4] if len(v) > 4 else 0), sum(v))  # busy, total
+        except (OSError, ValueError):
+            return None
+        return out
+    a = read()
+    time.sleep(seconds)
+    b = read()
+    if not a or not b:
+        return None
+    busy = 0.0
+    for c in (cpus if cpus is not None else sorted(b)):
+        if c in a and c in b and b[c][1] > a[c][1]:
+            busy += (b[c][0] - a[c][0]) / (b[c][1] - a[c][1])
+    return busy
+
+
+BUSY_CPUS = 0.25
+"""A run is marked busy (and refused for publishing unless forced, bench.py) when the other processes on the machine
+kept more than this many CPUs busy on average, or more than 2 x BUSY_CPUS in any window (measured by cpu_busy on the
+engines' CPUs while no engine runs: before the run and in the pause before every turn). On a 2-core machine a
+neighbour taking a quarter of a core already stretches parallel regions (a thread waits for its descheduled sibling:
+docs/cpu-performance.md)."""
+
+
+class LoadWatch:
+    """The load of everything else on the engines' CPUs, sampled in windows where no engine runs."""
+
+    def __init__(self, cpus):
+        self.cpus, self.samples = cpus, []
+
+    def sample(self, seconds):
+        got = cpu_busy(seconds, self.cpus)
+        if got is not None:
+            self.samples.append(got)
+        return got
+
+    def summary(self):
+        s = np.asarray(self.samples, dtype=np.float64)
+        if s.size == 0:
+            return {"windows": 0, "busy": None}
+        mean, peak = float(s.mean()), float(s.max())
+        busy = mean > BUSY_CPUS or peak > 2 * BUSY_CPUS
+        return {"windows": int(s.size), "mean_cpus": round(mean, 3), "max_cpus": round(peak, 3), "busy": busy,
+                "threshold_cpus": BUSY_CPUS}
+
+
+def hardware_peak(cpus):
+    """The float32 peak of `cpus` cores: cores x FMA lanes x FMA units x 2 FLOPs x clock. Lanes from the CPU flags
+    (AVX-512: 16 float32, AVX2 with FMA: 8, else SSE: 4 and no FMA, 2 FLOPs a lane as a multiply and an add), FMA
+    units per core 2 where AVX-512 is present (server parts: Skylake-SP and later have two 512-bit FMA ports on the
+    Xeons this is written for) else 2 for AVX2 (Haswell onwards), the clock from /proc/cpuinfo's "cpu MHz" (the
+    current clock; a virtual machine reports its nominal one). An estimate from public data sheets, stated with its
+    parts; None where /proc/cpuinfo is missing."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return None
+    flags = set()
+    mhz = None
+    for line in text.splitlines():
+        if line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+        elif line.startswith("cpu MHz") and mhz is None:
+            mhz = float(line.split(":", 1)[1])
+    if not mhz:
+        return None
+    if "avx512f" in flags:
+        lanes, units = 16, 2
+    elif "avx2" in flags and "fma" in flags:
+        lanes, units = 8, 2
+    else:
+        lanes, units = 4, 1
+    gflops = cpus * lanes * units * 2 * mhz / 1e3
+    return {"gflops": gflops, "cores": cpus, "fp32_lanes": lanes, "fma_units": units, "ghz": mhz / 1e3,
+            "formula": "cores x FMA lanes x FMA units x 2 x GHz"}
+
+
 
 
 def machine_info():

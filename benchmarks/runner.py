@@ -4,9 +4,11 @@ For each config:
  1. The initial weights (GPT(cfg, seed=0).state_dict(), SPEC section 2 names) and the check batches go to files.
  2. Every engine starts in its own process (benchmarks/worker.py) with the same thread settings
     (protocol.thread_env, set before any library loads, and the same CPUs).
- 3. The same-math check: tinygrad_gpt runs the check steps in float32 and float64; every engine runs them from the
-    same weights on the same batches, and its losses must stay within protocol.check_tolerance of the float64 run.
-    An engine that fails is reported with its numbers and not timed.
+ 3. The same-math check: each reference (torch-fused, tinygrad_gpt: engines.REFERENCES) runs the check steps in
+    float64 and in float32 from the weights and from perturbed copies; every engine runs them from the same weights
+    on the same batches, and its losses must stay within protocol.check_tolerance of the float64 run of a reference
+    from another library (torch's judges ours and the peers, ours judges torch's). An engine that fails is reported
+    with its numbers and not timed.
  4. Warm-up steps, then rounds: in each round every engine in turn (the order rotating from round to round) runs a
     block of timed steps while the others wait; before each block the coordinator pauses SETTLE_S so the previous
     engine's idle thread pools (OpenBLAS spins ~0.1 s after its last call, OpenMP pools a while) are asleep.
@@ -45,10 +47,11 @@ class WorkerProcess:
     argument, which it pins itself to), its JSON command channel (stdin, and its stdout for replies) and its log file
     (its stderr). args: what follows the interpreter on the command line, the CPUs excepted."""
 
-    def __init__(self, name, args, threads, log_path, extra_env=None):
+    def __init__(self, name, args, threads, log_path, extra_env=None, allocator=None):
         self.name, self.log_path = name, log_path
         env = dict(os.environ)
         env.update(protocol.thread_env(threads))
+        env.update(protocol.ALLOCATORS[allocator] if allocator else {})
         env.update(extra_env or {})
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         cpus = protocol.engine_cpus(threads)
@@ -110,10 +113,10 @@ class WorkerProcess:
 class EngineProcess(WorkerProcess):
     """A registered engine's process (benchmarks/worker.py)."""
 
-    def __init__(self, name, bc, init_file, threads, log_dir, extra_env=None):
-        log_path = os.path.join(log_dir, f"{bc.name}.{name.replace(':', '_')}.{time.time_ns()}.log")
-        super().__init__(name, ["-m", "benchmarks.worker", name, bc.name, init_file], threads, log_path,
-                         dict(engines.spec(name).env, **(extra_env or {})))
+    def __init__(self, name, bc, init_file, settings, extra_env=None):
+        log_path = os.path.join(settings.log_dir, f"{bc.name}.{name.replace(':', '_')}.{time.time_ns()}.log")
+        super().__init__(name, ["-m", "benchmarks.worker", name, bc.name, init_file], settings.threads, log_path,
+                         dict(engines.spec(name).env, **(extra_env or {})), allocator=settings.allocator)
         self.info = None
 
     def ready(self, timeout=TIMEOUT_S):
@@ -140,6 +143,8 @@ class Settings:
     check_runs: int = None
     group: int = None
     log_dir: str = None
+    allocator: str = "tuned"       # protocol.ALLOCATORS: the same glibc settings for every engine
+    watch: protocol.LoadWatch = None   # the load of everything else, sampled before each turn (take_turns)
 
     def schedule(self, bc):
         bc = protocol.quick_schedule(bc) if self.quick else bc
@@ -172,7 +177,7 @@ def start(names, bc, init, settings):
             skipped[name] = why
             say(f"  skip {name}: {why}")
             continue
-        procs[name] = EngineProcess(name, bc, init, settings.threads, settings.log_dir)
+        procs[name] = EngineProcess(name, bc, init, settings)
     for name in list(procs):
         try:
             procs[name].ready()
@@ -183,9 +188,14 @@ def start(names, bc, init, settings):
     return procs, skipped, errors
 
 
-def take_turns(procs, rounds, settle_s, call):
+WATCH_S = 0.1             # the last part of each settle pause: the load of everything else is measured there
+
+
+def take_turns(procs, rounds, settle_s, call, watch=None):
     """rounds x (each engine in turn, rotating order): call(name, proc) -> samples; the others wait. Returns
-    ({name: [samples]}, {name: error}); an engine that fails drops out of the remaining rounds."""
+    ({name: [samples]}, {name: error}); an engine that fails drops out of the remaining rounds. Before each turn an
+    untimed pause of settle_s; with a protocol.LoadWatch, its last WATCH_S (no engine runs then: the last one's idle
+    threads are asleep by then) measure the load of everything else on the machine."""
     samples, errors = {n: [] for n in procs}, {}
     names = list(procs)
     for r in range(rounds):
@@ -193,7 +203,11 @@ def take_turns(procs, rounds, settle_s, call):
         for name in names[k:] + names[:k]:
             if name in errors:
                 continue
-            time.sleep(settle_s)
+            if watch is not None and settle_s >= 2 * WATCH_S:
+                time.sleep(settle_s - WATCH_S)
+                watch.sample(WATCH_S)
+            else:
+                time.sleep(settle_s)
             try:
                 samples[name] += call(name, procs[name])
             except EngineError as e:
@@ -202,22 +216,43 @@ def take_turns(procs, rounds, settle_s, call):
     return samples, errors
 
 
-def reference_trajectory(bc, init, batches, settings):
-    """Our float32 losses on the check batches (from the weights and from perturbed copies), the float64 ones, and
-    the tolerance they give (protocol.check_tolerance). In a process of its own, closed afterwards: the float64 run
-    doubles a step's memory, and a process keeps much of its peak (on lecture, 5.5 GB where a float32 step's
-    process holds 3)."""
-    ref = EngineProcess(engines.REFERENCE, bc, init, settings.threads, settings.log_dir)
+def reference_trajectory(bc, init, batches, settings, family):
+    """One reference family's data for the same-math check (engines.REFERENCES): its engine's float32 losses on the
+    check batches (from the weights and from perturbed copies), its float64 ones, and the tolerance they give
+    (protocol.check_tolerance). In a process of its own, closed afterwards: the float64 run doubles a step's memory,
+    and a process keeps much of its peak (on lecture, 5.5 GB where a float32 step's process holds 3)."""
+    name = engines.REFERENCES[family]
+    ref = EngineProcess(name, bc, init, settings)
     try:
         ref.ready()
-        ours32 = ref.call("check", batches=batches, steps=bc.check_steps)
+        run32 = ref.call("check", batches=batches, steps=bc.check_steps)
         spread = ref.call("spread", batches=batches, steps=bc.check_steps, runs=bc.check_runs)
     finally:
         ref.close()
-    runs32 = [ours32["losses"]] + spread["runs"]
+    runs32 = [run32["losses"]] + spread["runs"]
     tol = protocol.check_tolerance(runs32, spread["exact"], bc.tokens)
-    return {"exact": spread["exact"], "ours32": ours32, "runs32": runs32, "tol": tol.tolist(),
+    return {"engine": name, "exact": spread["exact"], "runs32": runs32, "tol": tol.tolist(),
             "spread_factor": protocol.SPREAD_FACTOR}
+
+
+def references(bc, names, init, batches, settings):
+    """The reference families the engines' judges need ({family: reference_trajectory}); where a judge's library is
+    not installed, the other family's runs stand in and its verdicts say so (not independent)."""
+    wanted = {engines.same_math_judge(n) for n in names}
+    out = {}
+    for family in sorted(wanted):
+        if engines.missing(engines.REFERENCES[family]) is None:
+            out[family] = reference_trajectory(bc, init, batches, settings, family)
+    return out
+
+
+def judge(name, refs):
+    """(family, reference data, independent?) that judges engine `name`."""
+    family = engines.same_math_judge(name)
+    if family in refs:
+        return family, refs[family], True
+    other = next(iter(refs))
+    return other, refs[other], False
 
 
 def plan_groups(names, size):
@@ -243,7 +278,7 @@ def run_config(bc, names, settings):
            "failed_check": {}, "errors": {}}
     runnable = []
     for name in names:
-        why = engines.missing(name)
+        why = engines.missing(name) or bc.slow_engines.get(name)
         if why:
             res["skipped"][name] = why
             say(f"  skip {name}: {why}")
@@ -257,11 +292,12 @@ def run_config(bc, names, settings):
         res["flops"] = protocol.model_flops(bc, n_params)
         say(f"config {bc.name}: {bc.describe()} (check {bc.check_steps} steps, warm-up {bc.warmup}, "
             f"{bc.rounds} rounds x {bc.block} steps" + (f", {len(groups)} groups" if len(groups) > 1 else "") + ")")
-        ref = res["reference"] = reference_trajectory(bc, init, batches, settings)
-        tol = np.asarray(ref["tol"])
-        say(f"  reference (tinygrad_gpt): float64 losses {_fmt_losses(ref['exact'])}; float32 spread over "
-            f"{len(ref['runs32'])} runs {np.abs(np.subtract(ref['runs32'], ref['exact'])).max():.1e}; "
-            f"tolerance {tol[0]:.1e} (step 1), {tol[1:].max() if len(tol) > 1 else tol[0]:.1e} (after)")
+        refs = res["references"] = references(bc, runnable, init, batches, settings)
+        for family, ref in refs.items():
+            tol = np.asarray(ref["tol"])
+            say(f"  reference {family} ({ref['engine']}): float64 losses {_fmt_losses(ref['exact'])}; float32 "
+                f"spread over {len(ref['runs32'])} runs {np.abs(np.subtract(ref['runs32'], ref['exact'])).max():.1e}; "
+                f"tolerance {tol[0]:.1e} (step 1), {tol[1:].max() if len(tol) > 1 else tol[0]:.1e} (after)")
         for i, group in enumerate(groups):
             group = [n for n in group if n not in res["failed_check"] and n not in res["errors"]]
             if len(groups) > 1:
@@ -287,9 +323,9 @@ def run_config(bc, names, settings):
     return res
 
 
-def _check(procs, res, ref, batches, bc):
-    """The same-math check of every engine of procs not checked before; those that fail leave procs."""
-    tol = np.asarray(ref["tol"])
+def _check(procs, res, refs, batches, bc):
+    """The same-math check of every engine of procs not checked before, against the reference family that judges it
+    (engines.same_math_judge); those that fail leave procs."""
     for name in list(procs):
         if name in res["engines"]:                 # checked in an earlier group
             continue
@@ -301,8 +337,9 @@ def _check(procs, res, ref, batches, bc):
             say(f"  {name}: check failed to run: {e}")
             procs.pop(name).close()
             continue
-        verdict = protocol.check_trajectory(got["losses"], ref["exact"], tol)
-        verdict["first_step_s"] = got["first_step_s"]
+        family, ref, independent = judge(name, refs)
+        verdict = protocol.check_trajectory(got["losses"], ref["exact"], np.asarray(ref["tol"]))
+        verdict.update(first_step_s=got["first_step_s"], judged_by=family, independent=independent)
         entry = {"versions": p.info["versions"], "build": {k: p.info[k] for k in ("import_s", "build_s")},
                  "check": verdict, "what": engines.spec(name).what}
         if not verdict["passed"]:
@@ -320,11 +357,11 @@ def _check(procs, res, ref, batches, bc):
 def _run_group(bc, procs, res, batches, settings, samples, first):
     """Check, warm up and time one group of engine processes; the first group also times the layers and the BLAS
     floor. Step samples accumulate in `samples` (an engine in several groups pools them)."""
-    _check(procs, res, res["reference"], batches, bc)
+    _check(procs, res, res["references"], batches, bc)
 
     _, errors = take_turns(procs, 1, 0.0, lambda n, p: p.call("steps", n=bc.warmup)["samples"])
     got, errors2 = take_turns({n: p for n, p in procs.items() if n not in errors}, bc.rounds, settings.settle_s,
-                              lambda n, p: p.call("steps", n=bc.block)["samples"])
+                              lambda n, p: p.call("steps", n=bc.block)["samples"], settings.watch)
     errors.update(errors2)
     for name, why in errors.items():
         res["errors"][name] = f"timing: {why}"
@@ -341,7 +378,8 @@ def _run_group(bc, procs, res, batches, settings, samples, first):
         with_layers = {n: p for n, p in procs.items() if p.info.get("layers")}
         for layer in engines.LAYERS:
             got, errs = take_turns(with_layers, bc.rounds, settings.settle_s, lambda n, p: p.call(
-                "layer", layer=layer, n=settings.layer_samples, min_s=settings.min_sample_s)["samples"])
+                "layer", layer=layer, n=settings.layer_samples, min_s=settings.min_sample_s)["samples"],
+                settings.watch)
             for name, s in got.items():
                 if s and name not in errs:
                     res["engines"][name].setdefault("layers", {})[layer] = protocol.summarize(s)
@@ -375,7 +413,7 @@ def blas_floor(procs, bc, settings, rounds=None):
             for acc, new in zip(got[name]["products"], out["products"]):
                 acc["samples"] += new["samples"]
         return []
-    _, errors = take_turns(chosen, rounds or bc.rounds, settings.settle_s, call)
+    _, errors = take_turns(chosen, rounds or bc.rounds, settings.settle_s, call, settings.watch)
     out = {}
     for name, r in got.items():
         if r is not None and name not in errors:
@@ -406,7 +444,7 @@ def rss_probe(name, bc, init, settings):
     # TINYGRAD_GPT_TUNE=0: tinygrad_gpt's own allocator setting (kernels/cpu/setup.py) would keep freed blocks in
     # the heap, which is what this probe's fixed threshold undoes; the step's live memory is the same either way
     env = {"MALLOC_MMAP_THRESHOLD_": "65536", "TINYGRAD_GPT_TUNE": "0"}
-    p = EngineProcess(name, bc, init, settings.threads, settings.log_dir, env)
+    p = EngineProcess(name, bc, init, settings, env)
     try:
         p.ready()
         p.call("steps", n=2)
@@ -425,7 +463,7 @@ def one_off(name, bc, settings, cmd, **kw):
         return None
     with tempfile.TemporaryDirectory() as tmp:
         init, _, _ = write_inputs(dataclasses.replace(bc, check_steps=1), tmp)
-        p = EngineProcess(name, bc, init, settings.threads, settings.log_dir)
+        p = EngineProcess(name, bc, init, settings)
         try:
             p.ready()
             return dict(p.call(cmd, **kw), versions=p.info["versions"])

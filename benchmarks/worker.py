@@ -8,8 +8,8 @@ goes to stderr). Commands:
 
     {"cmd": "build"}                              -> versions, seconds to import and build, optional parts
     {"cmd": "check", "batches": FILE, "steps": K} -> the losses of K AdamW steps on the check batches
-    {"cmd": "spread", "batches": F, "steps": K, "runs": R} -> tinygrad_gpt's float64 losses and R perturbed float32
-                                                     runs on the check batches (the check's tolerance)
+    {"cmd": "spread", "batches": F, "steps": K, "runs": R} -> this engine's float64 losses and R perturbed float32
+                                                     runs on the check batches (a reference's tolerance data)
     {"cmd": "steps", "n": n}                      -> n step times (s), each step synchronised, on the timing batch
     {"cmd": "layer", "layer": L, "n": n, "min_s": s} -> n samples (s per call) of layer L, forward + backward
     {"cmd": "blas", "n": n, "min_s": s}           -> n samples of each linear-layer product of a step (BLAS floor)
@@ -87,12 +87,13 @@ class Worker:
 
         from benchmarks import engines, protocol
         self.np, self.protocol = np, protocol
-        spec = engines.spec(engine_name)
+        self.spec = spec = engines.spec(engine_name)
         module = __import__(spec.path, fromlist=[spec.cls])
         t_import = time.perf_counter() - t0
         self.bc = protocol.CONFIGS[config_name]
         self.state = load_file(init_file)
-        self.engine = getattr(module, spec.cls)(self.bc, self.state, device=spec.device, **spec.kwargs)
+        self.engine_class = getattr(module, spec.cls)
+        self.engine = self.engine_class(self.bc, self.state, device=spec.device, **spec.kwargs)
         self.engine.load_batch(*protocol.make_batch(self.bc, protocol.TIMING_SEED))
         self.built = {"import_s": t_import, "build_s": time.perf_counter() - t0 - t_import}
         self.layers = None
@@ -123,20 +124,20 @@ class Worker:
         return {"losses": losses, "first_step_s": times[0], "step_s": times}
 
     def spread(self, batches, steps, runs):
-        """What the same-math check compares with (protocol.check_tolerance): tinygrad_gpt's float64 losses on the
-        check batches, and its float32 losses from `runs` perturbed copies of the weights (protocol.perturbed)."""
-        from benchmarks.engines.ours import TinygradGPT
+        """What the same-math check compares with when this engine is a reference (engines.REFERENCES,
+        protocol.check_tolerance): its float64 losses on the check batches, and its float32 losses from `runs`
+        perturbed copies of the weights (protocol.perturbed); fresh engines of its class, built as it was."""
         data = self.np.load(batches)
 
         def losses(state, dtype):
-            engine = TinygradGPT(self.bc, state, dtype=dtype)
+            engine = self.engine_class(self.bc, state, device=self.spec.device, dtype=dtype, **self.spec.kwargs)
             out = []
             for i in range(steps):
                 engine.load_batch(data["x"][i], data["y"][i])
                 out.append(engine.loss_float(engine.step()))
             return out
-        exact = losses(self.state, self.np.float64)
-        perturbed = [losses(self.protocol.perturbed(self.state, seed), self.np.float32) for seed in range(1, runs + 1)]
+        exact = losses(self.state, "float64")
+        perturbed = [losses(self.protocol.perturbed(self.state, seed), "float32") for seed in range(1, runs + 1)]
         gc.collect()
         return {"exact": exact, "runs": perturbed}
 

@@ -49,6 +49,7 @@ class Spec:
     install: str = ""             # how to get them
     device: str = "cpu"
     what: str = ""                # one line for the report
+    family: str = ""              # the library whose reference runs must not judge it (same_math_judge)
 
     @property
     def path(self):
@@ -57,19 +58,26 @@ class Spec:
 
 PEERS_INSTALL = 'pip install -e ".[peers]"'
 ENGINES = {
-    "tinygrad_gpt": Spec("ours", "TinygradGPT", requires=("tinygrad_gpt",),
+    "tinygrad_gpt": Spec("ours", "TinygradGPT", requires=("tinygrad_gpt",), family="tinygrad_gpt",
                          what="this engine as installed (compiled kernels on)"),
     "tinygrad_gpt-numpy": Spec("ours", "TinygradGPT", env={"TINYGRAD_GPT_KERNELS": "0"}, requires=("tinygrad_gpt",),
+                               family="tinygrad_gpt",
                                what="this engine with TINYGRAD_GPT_KERNELS=0: the plain NumPy twins"),
-    "torch-fused": Spec("torch_engines", "TorchEngine", {"form": "fused"}, requires=("torch",),
+    "torch-fused": Spec("torch_engines", "TorchEngine", {"form": "fused"}, requires=("torch",), family="torch",
                         install='pip install -e ".[bench]"',
-                        what="torch eager, one qkv Linear and scaled_dot_product_attention (torch_models.FusedGPT)"),
-    "torch-lecture": Spec("torch_engines", "TorchEngine", {"form": "lecture"}, requires=("torch",),
+                        what="torch eager at its strongest: one qkv Linear, scaled_dot_product_attention "
+                        "(torch_models.FusedGPT), AdamW(fused=True)"),
+    "torch-default-adamw": Spec("torch_engines", "TorchEngine", {"form": "fused", "adamw": "default"},
+                                requires=("torch",), family="torch", install='pip install -e ".[bench]"',
+                                what="torch-fused with torch.optim.AdamW's default implementation (foreach), "
+                                "what a script gets that does not ask for fused=True"),
+    "torch-lecture": Spec("torch_engines", "TorchEngine", {"form": "lecture"}, requires=("torch",), family="torch",
                           install='pip install -e ".[bench]"',
-                          what="torch eager, the lecture's model: one Head module per head (torch_models.LectureGPT)"),
+                          what="torch eager, the lecture's model: one Head module per head (torch_models.LectureGPT), "
+                          "AdamW(fused=True)"),
     "torch-compile": Spec("torch_engines", "TorchEngine", {"form": "fused", "compile": True}, requires=("torch",),
-                          install='pip install -e ".[bench]" (and a C++ compiler for inductor)',
-                          what="torch.compile of the fused model (inductor, C++/OpenMP on the CPU); AdamW eager"),
+                          family="torch", install='pip install -e ".[bench]" (and a C++ compiler for inductor)',
+                          what="torch.compile of the fused model (inductor, C++/OpenMP on the CPU); AdamW(fused=True)"),
     "jax": Spec("jax_gpt", "JaxGPT", requires=("jax",), install=PEERS_INSTALL,
                 what="JAX: the whole step, AdamW included, under one jax.jit (XLA on the CPU)"),
     "tinygrad": Spec("tinygrad_peer", "TinygradPeer", env={"DEV": "CPU"}, requires=("tinygrad",),
@@ -78,17 +86,33 @@ ENGINES = {
     "autograd": Spec("autograd_gpt", "AutogradGPT", requires=("autograd",), install=PEERS_INSTALL,
                      what="HIPS autograd: NumPy code differentiated by tracing, AdamW in NumPy"),
     "tinygrad_gpt-cuda": Spec("ours", "TinygradGPT", requires=("tinygrad_gpt", "cupy"), device="cuda",
-                              install='pip install -e ".[gpu]"', what="this engine on CuPy (numba.cuda kernels)"),
+                              family="tinygrad_gpt", install='pip install -e ".[gpu]"',
+                              what="this engine on CuPy (numba.cuda kernels)"),
     "torch-fused-cuda": Spec("torch_engines", "TorchEngine", {"form": "fused"}, requires=("torch",), device="cuda",
-                             what="torch eager fused on CUDA"),
+                             family="torch", what="torch eager fused on CUDA, AdamW(fused=True)"),
     "torch-lecture-cuda": Spec("torch_engines", "TorchEngine", {"form": "lecture"}, requires=("torch",),
-                               device="cuda", what="torch eager, the lecture's model, on CUDA"),
+                               device="cuda", family="torch", what="torch eager, the lecture's model, on CUDA"),
 }
 CPU_ENGINES = tuple(n for n, s in ENGINES.items() if s.device == "cpu")
 CUDA_ENGINES = tuple(n for n, s in ENGINES.items() if s.device == "cuda")
-QUICK_ENGINES = ("tinygrad_gpt", "tinygrad_gpt-numpy", "torch-fused", "torch-lecture")
-REFERENCE = "tinygrad_gpt"       # the torch-free engine whose trajectories define the same-math check
-TORCH_BASELINE = "torch-fused"   # the ratios' denominator
+QUICK_ENGINES = ("tinygrad_gpt", "tinygrad_gpt-numpy", "torch-fused", "torch-default-adamw", "torch-lecture")
+REFERENCE = "tinygrad_gpt"       # our engine (the targets' numerator, in every group)
+TORCH_BASELINE = "torch-fused"   # the ratios' denominator: torch at its strongest
+DEFAULT_ADAMW = "torch-default-adamw"   # the second column: torch as a script that does not ask for fused AdamW
+# The same-math check's references: a family's engine whose float64 run and perturbed float32 runs make the
+# tolerance (runner.reference_trajectory). No engine is judged by its own library's runs.
+REFERENCES = {"torch": "torch-fused", "tinygrad_gpt": "tinygrad_gpt"}
+
+
+def family(name):
+    return spec(name).family or name
+
+
+def same_math_judge(name):
+    """The reference family that judges an engine: torch's runs judge every engine but torch's own, which ours judge
+    (an engine is never judged by runs of its own library, so a wrong variant of ours cannot pass by construction:
+    tests/test_bench_smoke.py)."""
+    return "tinygrad_gpt" if family(name) == "torch" else "torch"
 
 
 def spec(name):

@@ -23,7 +23,7 @@ class TinygradGPT:
         self.bc = bc
         self.device = get_device(device)
         self.name = "tinygrad_gpt" + ("-cuda" if self.device.name == "cuda" else "")
-        self.model = GPT(GPTConfig(**bc.gpt_config()), device=self.device, dtype=dtype)
+        self.model = GPT(GPTConfig(**bc.gpt_config()), device=self.device, dtype=np.dtype(dtype))
         self.model.load_state_dict(state_dict)
         self.model.train()
         self.opt = AdamW(self.model.parameters(), lr=1e-3)       # torch's defaults: betas, eps, weight_decay 0.01

@@ -1,11 +1,14 @@
-"""torch, as the lecture's training loop drives it: the model (torch_models.FusedGPT or LectureGPT), optionally under
-torch.compile, and torch.optim.AdamW with its default implementation; optimizer.zero_grad(set_to_none=True),
-loss.backward(), optimizer.step(). Its thread count comes from OMP_NUM_THREADS, set in every engine process's
-environment (torch reads it when it loads; nothing is called at run time).
+"""torch, as the lecture's training loop drives it, at its strongest: the model (torch_models.FusedGPT or LectureGPT),
+optionally under torch.compile, and `torch.optim.AdamW(..., fused=True)` (adamw="default": torch's default
+implementation, the `torch-default-adamw` column); optimizer.zero_grad(set_to_none=True), loss.backward(),
+optimizer.step(). Its thread count comes from OMP_NUM_THREADS, and glibc's allocator settings from the environment
+the coordinator gives every engine (protocol.ALLOCATORS): torch reads them when it loads; nothing is called at run
+time.
 """
 import re
 import types
 
+import numpy as np
 import torch
 
 from benchmarks.engines import fwd_bwd, time_generate
@@ -16,22 +19,24 @@ class TorchEngine:
     blas = "torch"
     tracemalloc = False
 
-    def __init__(self, bc, state_dict, device="cpu", form="fused", compile=False):
-        self.bc, self.form = bc, form
+    def __init__(self, bc, state_dict, device="cpu", form="fused", compile=False, adamw="fused", dtype="float32"):
+        self.bc, self.form, self.adamw = bc, form, adamw
         self.device = torch.device(device)
         self.name = f"torch-{'compile' if compile else form}" + ("-cuda" if self.device.type == "cuda" else "")
         self.model = MODELS[form](types.SimpleNamespace(**bc.gpt_config()))
         self.model.load_spec_state_dict(state_dict)
-        self.model.to(self.device).train()
+        self.model.to(self.device, dtype=getattr(torch, np.dtype(dtype).name)).train()   # float64: a reference
         self.forward = torch.compile(self.model) if compile else self.model
         self.has_layers = not compile                              # the layers alone are timed eager
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)   # betas, eps, weight decay 0.01: defaults
+        # betas, eps, weight decay 0.01: torch's defaults
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, fused=True if adamw == "fused" else None)
         if self.device.type == "cuda":
             self.blas = None
 
     def versions(self):
         blas = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
-        out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": blas.group(1) if blas else "?"}
+        out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": blas.group(1) if blas else "?",
+               "adamw": "fused=True" if self.adamw == "fused" else "default (foreach)"}
         if self.device.type == "cuda":
             out["allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
         return out
