@@ -116,6 +116,26 @@ def gpt_depth(cfg):
     return 30 * cfg["n_layer"] + 20
 
 
+def adamw_first_step_bound(p, g_a, g_b, lr, u=U64, eps=1e-8):
+    """Per element, how far two engines' parameters may differ after AdamW's first step (t = 1) from the same
+    weights p, when the (clipped) gradients the two updates consumed are g_a and g_b.
+
+    Derivation. At t = 1 the bias-corrected moments are m_hat = g and v_hat = g^2, so in exact arithmetic
+    p1 = p (1 - lr wd) - lr f(g) with f(g) = g / (|g| + eps), whose slope eps / (|g| + eps)^2 is at most 1 / eps
+    (at g = 0). By the mean value theorem the gradients' difference moves the update by at most
+    lr L |g_a - g_b|, L = eps / (min(|g_a|, |g_b|) + eps)^2 when g_a and g_b have the same sign, else 1 / eps (the
+    segment between them crosses 0). Each engine also rounds: the moments, sqrt, the bias corrections, + eps, the
+    quotient and the product with lr / bc1 (about 8 roundings of the update, |lr f| < lr), the decay p (1 - lr wd)
+    and the final subtraction (about 4 roundings of |p|): 16 u lr + 8 u |p| for the two engines together. This is
+    what makes Adam's first step sensitive: an entry with |g| near eps turns a rounding-level gradient difference
+    into lr |g_a - g_b| / eps."""
+    g_a, g_b, p = (np.asarray(a, dtype=np.float64) for a in (g_a, g_b, p))
+    same_side = np.sign(g_a) * np.sign(g_b) > 0
+    low = np.minimum(np.abs(g_a), np.abs(g_b))
+    slope = np.where(same_side, eps / (low + eps) ** 2, 1 / eps)
+    return lr * slope * np.abs(g_a - g_b) + 16 * u * lr + 8 * u * np.abs(p)
+
+
 def torch_dtype(dtype):
     return {np.dtype(np.float64): torch.float64, np.dtype(np.float32): torch.float32}[np.dtype(dtype)]
 

@@ -144,16 +144,22 @@ def test_layer_norm(dtype, C, bias, lead, seed):
 def score_blocks(n):
     """Run the CPU attention kernel in query blocks of n queries (None: the default, one block for these small
     shapes), or (n = "twin") the NumPy twin with the kernels off, so the one-block kernel, the many-block one and the
-    twin all meet the oracle."""
+    twin all meet the oracle. Asserts afterwards that the kernel ran (forward and backward), or, for the twin,
+    that no kernel did."""
+    from kernel_spy import spy
+    from tinygrad_gpt.kernels.cpu import blas
     if n != "twin":
-        with helpers.query_blocks(n):
+        with helpers.query_blocks(n), spy() as calls:
             yield
+        assert (calls.ran("attention_fwd") and calls.ran("attention_bwd")) or not blas.available(), dict(calls)
         return
     kernels.set_enabled(False, "cpu")
     try:
-        yield
+        with spy() as calls:
+            yield
     finally:
         kernels.set_enabled(None, "cpu")
+    assert not calls, dict(calls)
 
 
 @pytest.mark.parametrize("blocks", [None, 3, "twin"])

@@ -15,7 +15,7 @@ from helpers import assert_errors, compare
 from model_helpers import (TOL64_FWD, TOL64_GRAD, RecordingMasks, ReplayMasks, f32_tol, gpt_depth, make_pair,
                            named_params, randomize_params, red_gpt)
 from strategies import gpt_configs
-from tinygrad_gpt import GPT, GPTConfig, Tensor, fused as F, no_grad
+from tinygrad_gpt import AdamW, GPT, GPTConfig, Tensor, fused as F, no_grad
 from tinygrad_gpt.model import count_parameters, parameter_shapes
 from tinygrad_gpt.nn import Dropout, ShapeOnly
 
@@ -111,6 +111,64 @@ def test_same_masks_give_same_results_in_both_engines(dtype, cfg, seed, p, B):
         # test_layers' whole-GPT tolerance; each dropout site adds one rounding (depth)
         tol = f32_tol(red_gpt(cfg, B, t), gpt_depth(cfg) + 3 * cfg["n_layer"])
         assert_errors(errors, tol, tol, "float32 GPT with injected dropout masks")
+
+
+def test_one_training_step_with_dropout_and_clipping_equals_torch_float64():
+    """One whole training step in float64, forward, backward, gradient clipping and AdamW's step, from the same O(1)
+    weights with the same dropout masks (ours recorded, replayed into the reference): the loss, the clipped
+    gradients and every parameter after the step agree with torch's.
+
+    Tolerances. Loss and gradients: TOL64_FWD, TOL64_GRAD (model_helpers). Parameters, per element:
+    model_helpers.adamw_first_step_bound (the first step maps g to lr g / (|g| + eps), whose slope is up to 1 / eps,
+    plus 16 u lr + 8 u |p| of the two engines' roundings), asserted with a factor 2. Normwise (~1e-10 relative):
+    that bound is ~1e-15 of |p| except where |g| comes near eps. Given three premises, asserted of this fixed sample
+    (measured in brackets): the gradients differ by at most 1e-15 (4.5e-17: a few u, |g| <= 1 after clipping to norm
+    1), every nonzero |g| is at least 1e-8 (3.1e-8), and every tensor's max|p| is at least 0.3 (0.32, O(1) weights),
+    the sensitivity term lr eps |dg| / (|g| + eps)^2 is at most 1e-3 * 1e-8 * 1e-15 / (2e-8)^2 = 2.5e-11, i.e.
+    8.3e-11 of max|p|; with the roundings (~1e-15) each tensor agrees within 1e-10 relative (measured: 2e-15)."""
+    from helpers import rel_err
+    from model_helpers import U64, adamw_first_step_bound
+    import torch
+
+    cfg = dict(vocab_size=65, block_size=16, n_embd=32, n_head=4, n_layer=2, dropout=0.1)
+    lr, wd, clip = 1e-3, 0.01, 1.0
+    ours, ref = make_pair(cfg, np.float64, seed=3)
+    ours.train(), ref.train()
+    before = {k: np.array(p.data) for k, p in ours.named_parameters()}
+    rec = RecordingMasks(cfg["dropout"], seed=5)
+    ours.set_mask_source(rec)
+    x, y = np.random.default_rng(7).integers(0, cfg["vocab_size"], (2, 4, cfg["block_size"]))
+
+    opt = AdamW(ours.parameters(), lr=lr, weight_decay=wd, max_grad_norm=clip)
+    _, loss = ours(x, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+    ref.set_mask_source(ReplayMasks(rec.masks))                    # the masks our forward drew, in its order
+    topt = reference.make_adamw(ref, lr=lr, weight_decay=wd)
+    _, tloss = ref(torch.from_numpy(x), torch.from_numpy(y))
+    topt.zero_grad()
+    tloss.backward()
+    tnorm = torch.nn.utils.clip_grad_norm_(ref.parameters(), clip)
+    topt.step()
+
+    assert tnorm.item() > clip                                     # the clipping did scale the gradients
+    assert abs(opt.last_grad_norm - tnorm.item()) <= TOL64_GRAD * tnorm.item()
+    assert abs(loss.item() - tloss.item()) <= TOL64_FWD * abs(tloss.item())
+    theirs = dict(ref.named_parameters())
+    assert sorted(theirs) == sorted(before)
+    for name, p in ours.named_parameters():
+        q = theirs[name]
+        g, tg, tp = p.grad.numpy(), q.grad.numpy(), q.detach().numpy()
+        assert rel_err(g, tg) <= TOL64_GRAD, name                  # the clipped gradients the updates consumed
+        assert not np.array_equal(tp, before[name]), name           # the step moved it
+        bound = adamw_first_step_bound(tp, g, tg, lr, U64)
+        worst = np.max(np.abs(p.data - tp) / (2 * bound))
+        assert worst <= 1, f"{name}: differs from torch by {worst:.3g} x the first-step bound after the step"
+        # the normwise premises, then the normwise bound
+        assert np.abs(g - tg).max() <= 1e-15 and np.abs(tg[tg != 0]).min() >= 1e-8 and np.abs(tp).max() >= 0.3, name
+        assert rel_err(p.data, tp) <= 1e-10, name
 
 
 def test_float32_training_with_dropout_stays_float32():

@@ -273,7 +273,8 @@ def _make_erf():
 
         def erf(v):
             return math.erf(v)
-        return numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)(erf)
+        from .kernels.cpu._jit import cached      # the disk cache where numba can write one
+        return cached(numba.vectorize, erf, ["float32(float32)", "float64(float64)"])
     per_element = np.vectorize(math.erf, otypes=[np.float64])
     return lambda x: per_element(x).astype(x.dtype, copy=False)
 

@@ -18,9 +18,13 @@ ZeroDivisionError check, which would stop a loop from vectorising). Scalars reac
 computes in float32; exp and tanh come from _math.py (vectorisable in float32).
 
 Cache: `cache=True` stores the compiled code beside this package (`__pycache__`), or, where that directory is not
-writable (a read-only site-packages), in numba's user-wide cache directory (NUMBA_CACHE_DIR overrides both).
+writable (a read-only site-packages), in numba's user-wide cache directory (NUMBA_CACHE_DIR overrides both). Where
+none of them is writable, numba refuses `cache=True` ("cannot cache function ...: no locator available", raised when
+a kernel is decorated, i.e. when its module is first imported, at the kernel's first use): `cached` then compiles
+without the disk cache (each process compiles again), and one warning per process says so.
 """
 import types
+import warnings
 
 import numba
 
@@ -29,19 +33,39 @@ from . import tuning
 FASTMATH = {"reassoc", "contract"}
 
 
+_disk_cache = True       # False once numba has found no writable directory for its cache (then never asked again)
+
+
+def cached(decorator, fn, *args, **options):
+    """decorator(*args, cache=True, **options)(fn), or, where numba finds no writable cache directory, the same
+    without the disk cache, with one warning per process (the first time)."""
+    global _disk_cache
+    if _disk_cache:
+        try:
+            return decorator(*args, cache=True, **options)(fn)
+        except RuntimeError as e:                  # numba's "cannot cache function ...: no locator available ..."
+            if "cannot cache" not in str(e):
+                raise
+            _disk_cache = False
+            warnings.warn("tinygrad_gpt: numba finds no writable directory for its disk cache (neither beside the "
+                          "package, nor NUMBA_CACHE_DIR, nor the user cache directory): compiling the CPU kernels "
+                          f"without the disk cache, again in every process ({e})", RuntimeWarning, stacklevel=2)
+    return decorator(*args, cache=False, **options)(fn)
+
+
 class Kernel:
     """A numba kernel compiled serial and parallel (on first use of each, for the argument types it meets)."""
 
     def __init__(self, fn, exact=False):
         self.__name__, self.__doc__ = fn.__name__, fn.__doc__
-        options = dict(cache=True, nogil=True, error_model="numpy", fastmath=set() if exact else FASTMATH)
-        self.serial = numba.njit(**options)(fn)
+        options = dict(nogil=True, error_model="numpy", fastmath=set() if exact else FASTMATH)
+        self.serial = cached(numba.njit, fn, **options)
         # a renamed copy of the function: numba's disk cache is keyed by the function's qualified name, so the
         # parallel compilation gets its own cache entry instead of overwriting the serial one
         par = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel", fn.__defaults__,
                                  fn.__closure__)
         par.__qualname__ = fn.__qualname__ + "_parallel"
-        self.parallel = numba.njit(parallel=True, **options)(par)
+        self.parallel = cached(numba.njit, par, parallel=True, **options)
 
     def run(self, work, *args):
         """Call the parallel version when `work` elements are enough to pay for the thread hand-off."""

@@ -14,11 +14,11 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import blas
+from . import blas, tuning
 from ._jit import kernel
 from ._math import tanh
 from ._reduce import n_pieces, sum_rows
-from .tuning import PARALLEL_MACS, ROWS
+from .tuning import ROWS
 
 _GELU_K = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
@@ -156,8 +156,8 @@ def gemm_rows(fn, ilp64, a, ta, b, tb, c, pieces):
 
 def _pick(kernel, macs):
     """The kernel's parallel version for a product of `macs` multiply-adds, or its serial one below
-    tuning.PARALLEL_MACS."""
-    return kernel.parallel if macs >= PARALLEL_MACS else kernel.serial
+    tuning.PARALLEL_MACS (read at each call, as matmul.py and attention.py do)."""
+    return kernel.parallel if macs >= tuning.PARALLEL_MACS else kernel.serial
 
 
 def _pieces():
