@@ -166,8 +166,8 @@ def main(argv=None):
     out, readme = publish_targets(args, load["busy"])
     paths = report.write_outputs(results, out)
     runner.say("wrote " + ", ".join(paths.values()))
-    for cname, r, t in report.targets(results):
-        runner.say(f"{cname:12s} tinygrad_gpt / torch fused {r:.2f} (target <= {t:.2f})")
+    for cname, name, r, t in report.targets(results):
+        runner.say(f"{cname:12s} {name} / torch fused {r:.2f} (target <= {t:.2f})")
     if readme:
         if report.update_readme(results, readme):
             runner.say(f"updated the speed table in {readme}")

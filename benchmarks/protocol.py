@@ -19,6 +19,8 @@ WARMUP = 2
 check's steps, where JIT engines compile), so no engine is timed colder than another."""
 
 SLOW = "would take hours at this size (tinygrad took 20 s a step on mid); name it with --engines to run it"
+NUMPY_SLOW = ("the plain NumPy twins (what the kernels buy shows on the other configs) would add half an hour at "
+              "this size; name it with --engines to run it")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +70,10 @@ CONFIGS = {
     "nanogpt-cpu": BenchConfig("nanogpt-cpu", 12, 64, 128, 4, 4, rounds=5, block=4),
     "mid": BenchConfig("mid", 32, 128, 192, 6, 6, rounds=5, block=2, check_steps=4),
     # ~5 s a step on 2 cores: one step per block, 9 rounds (torch's fused step there has been bimodal from run to run,
-    # and fewer samples gave medians anywhere between its two modes)
-    "lecture": BenchConfig("lecture", 64, 256, 384, 6, 6, rounds=9, block=1, check_steps=3, check_runs=4, group=3,
-                           slow_engines={n: SLOW for n in ("torch-compile", "tinygrad", "autograd")}),
+    # and fewer samples gave medians anywhere between its two modes); groups of 4 processes (~3 GB each)
+    "lecture": BenchConfig("lecture", 64, 256, 384, 6, 6, rounds=9, block=1, check_steps=3, check_runs=4, group=4,
+                           slow_engines=dict({n: SLOW for n in ("torch-compile", "tinygrad", "autograd")},
+                                             **{"tinygrad_gpt-numpy": NUMPY_SLOW})),
 }
 QUICK_CONFIGS = ("small", "nanogpt-cpu")
 

@@ -31,6 +31,7 @@ This module imports only the standard library: the coordinator and every engine'
 process has only its own engine's libraries.
 """
 import dataclasses
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -59,7 +60,11 @@ class Spec:
 PEERS_INSTALL = 'pip install -e ".[peers]"'
 ENGINES = {
     "tinygrad_gpt": Spec("ours", "TinygradGPT", requires=("tinygrad_gpt",), family="tinygrad_gpt",
-                         what="this engine as installed (compiled kernels on)"),
+                         env={"TINYGRAD_GPT_BLAS": "openblas"},
+                         what="this engine as a default install runs it: compiled kernels, NumPy's OpenBLAS"),
+    "tinygrad_gpt-mkl": Spec("ours", "TinygradGPT", requires=("tinygrad_gpt", "mkl"), family="tinygrad_gpt",
+                             env={"TINYGRAD_GPT_BLAS": "mkl"}, install='pip install -e ".[mkl]"',
+                             what="this engine with the [mkl] extra: the kernels' products on Intel MKL"),
     "tinygrad_gpt-numpy": Spec("ours", "TinygradGPT", env={"TINYGRAD_GPT_KERNELS": "0"}, requires=("tinygrad_gpt",),
                                family="tinygrad_gpt",
                                what="this engine with TINYGRAD_GPT_KERNELS=0: the plain NumPy twins"),
@@ -95,7 +100,7 @@ ENGINES = {
 }
 CPU_ENGINES = tuple(n for n, s in ENGINES.items() if s.device == "cpu")
 CUDA_ENGINES = tuple(n for n, s in ENGINES.items() if s.device == "cuda")
-QUICK_ENGINES = ("tinygrad_gpt", "tinygrad_gpt-numpy", "torch-fused", "torch-default-adamw", "torch-lecture")
+QUICK_ENGINES = ("tinygrad_gpt", "tinygrad_gpt-mkl", "tinygrad_gpt-numpy", "torch-fused", "torch-default-adamw", "torch-lecture")
 REFERENCE = "tinygrad_gpt"       # our engine (the targets' numerator, in every group)
 TORCH_BASELINE = "torch-fused"   # the ratios' denominator: torch at its strongest
 DEFAULT_ADAMW = "torch-default-adamw"   # the second column: torch as a script that does not ask for fused AdamW
@@ -129,7 +134,7 @@ def missing(name):
     """Why this engine cannot run here (a missing package or tool), or None. Only looks, imports nothing."""
     s = spec(name)
     for mod in s.requires:
-        if importlib.util.find_spec(mod) is None:
+        if importlib.util.find_spec(mod) is None and not _distribution(mod):
             return f"{mod} is not installed ({s.install or 'see benchmarks/README.md'})"
     if name == "tinygrad":
         cc = os.environ.get("CC", "clang")
@@ -138,6 +143,15 @@ def missing(name):
     if name == "torch-compile" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
         return "torch.compile's CPU code generator needs a C++ compiler on PATH (apt-get install g++)"
     return None
+
+
+def _distribution(name):
+    """Whether a distribution of that name is installed (the mkl wheel has libraries and no Python module)."""
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 # ---- helpers for the engines' optional parts ---------------------------------------------------------------------

@@ -31,8 +31,11 @@ class TinygradGPT:
             self.blas = None
 
     def versions(self):
+        from tinygrad_gpt.kernels.cpu import blas
+        lib = blas.find() if self.device.name == "cpu" else None
         return {"tinygrad_gpt": tinygrad_gpt.__version__, "numpy": np.__version__,
-                "TINYGRAD_GPT_KERNELS": os.environ.get("TINYGRAD_GPT_KERNELS", "(unset: on)")}
+                "TINYGRAD_GPT_KERNELS": os.environ.get("TINYGRAD_GPT_KERNELS", "(unset: on)"),
+                "kernels_blas": f"{lib.name} {lib.version or ''}".strip() if lib else "none (NumPy's matmul)"}
 
     def load_batch(self, x, y):
         self.x, self.y = x, y                                      # host int64 (B, T), as a training loop feeds it
