@@ -241,6 +241,26 @@ def batched_matmul(a, b):
     return a @ b
 
 
+@twin
+def grad_sum(a, b, out=None):
+    """a + b, written into `out` when given (it may be a): the sum of two gradients of one tensor (_accumulate). On
+    the CPU its kernel (kernels/cpu/grads.py) adds on numba's threads, the same bits."""
+    if out is None:
+        return a + b
+    if out is not a:
+        out[...] = a
+    out += b
+    return out
+
+
+@twin
+def grad_store(out, g):
+    """out[...] = g: a parameter's gradient into the optimizer's flat buffer (_accumulate). On the CPU its kernel
+    (kernels/cpu/grads.py) copies on numba's threads."""
+    out[...] = g
+    return out
+
+
 def _mm(a, b):
     """a @ b: the twin above where it applies, NumPy's (or CuPy's) matmul for the rest (1-D operands, integers)."""
     if a.ndim >= 2 and b.ndim >= 2 and a.dtype == b.dtype and a.dtype.kind == "f":
@@ -600,14 +620,13 @@ class Tensor:
             if self._op is not None:
                 self._grad = g
             elif self.grad_buffer is not None:
-                self.grad_buffer[...] = g
-                self._grad = self.grad_buffer
+                self._grad = grad_store(self.grad_buffer, g)
             else:
                 self._grad = self.xp.array(g)                          # a 0-d array, not a scalar
         elif self._op is None or self._grad_owned:
-            self._grad += g
+            grad_sum(self._grad, g, out=self._grad)
         else:                                 # the first gradient may be another node's array: add into a new one
-            self._grad = self._grad + g
+            self._grad = grad_sum(self._grad, g)
             self._grad_owned = True
 
     def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):

@@ -17,6 +17,7 @@ where there is none or kernels are off. Launchers take the twins' arguments and 
 | dropout_keep_mask (the front end's masks)      | dropout.py        | -                   |
 | adamw_update, grad_norm                        | adamw.py          | adamw.py (update)   |
 | batched_matmul (tensor.py: the Tensor's @)     | matmul.py         | -                   |
+| grad_sum, grad_store (tensor.py: gradients)    | grads.py          | -                   |
 
 Caches: a kernel's forward returns the cache its own backward reads (the same layout as the twin's, except the CPU
 attention's blocked cache); turn kernels on or off between training steps, not between a forward and its backward.
@@ -51,6 +52,8 @@ TABLE = {
     "adamw_update":           ("adamw",          "adamw"),
     "grad_norm":              ("adamw",          None),
     "batched_matmul":         ("matmul",         None),
+    "grad_sum":               ("grads",          None),
+    "grad_store":             ("grads",          None),
 }
 DEVICES = ("cpu", "cuda")
 _OFF = ("0", "false", "no", "off")

@@ -10,11 +10,14 @@ PARALLEL_WORK = 1 << 14
 OpenMP's threads costs a few microseconds). Chosen by size only, never by thread count. Changes speed; a kernel's
 serial and parallel compilations may round differently in the last bit."""
 
-PARALLEL_MACS = 1 << 20
+PARALLEL_MACS = 1 << 17
 """Multiply-adds of a product kernel (linear, the @, attention) below which its serial version runs: handing a
-small product to OpenMP's threads costs more than it saves, and on a busy machine a parallel region waits for a
-descheduled thread (milliseconds). Chosen by size only; the serial and parallel versions split the work into the
-same pieces, so the bits are the same."""
+small product to OpenMP's threads costs more than it saves (a few microseconds on a quiet machine; on a busy one a
+parallel region waits for a descheduled thread, milliseconds). Measured on the generation of 500 tokens with the
+key/value cache at the lecture's size (one row per product, 0.4-0.6M multiply-adds each, `window="shift"`, 2 threads,
+quiet machine): 297 tokens/s at 2^20 (every product serial), 376 at 2^19, 406 at 2^18, 428 at 2^17, 423 at 2^16, 407
+at 2^15. Training shapes are far above it. Chosen by size only; the serial and parallel versions split the work into
+the same pieces, so the bits are the same."""
 
 ROWS = 64
 """Rows per piece of a column sum (LayerNorm's dw and db, a linear layer's db, cross-entropy's mean loss): partial
