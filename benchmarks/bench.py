@@ -14,6 +14,7 @@ missing is listed with the command that installs it. See benchmarks/README.md.
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import shutil
 import sys
@@ -68,6 +69,9 @@ def parse(argv):
                    help="write the speed table between the README's speed-table markers [README.md]")
     p.add_argument("--force", action="store_true",
                    help="publish (write --out and the README) even when the machine was busy during the run")
+    p.add_argument("--render", metavar="JSON", default=None,
+                   help="measure nothing: write the tables, chart (and with --update-readme the README table) again "
+                   "from a results file, e.g. after a change to report.py")
     args = p.parse_args(argv)
     args.engines_named = args.engines is not None
     args.configs = args.configs or list(protocol.QUICK_CONFIGS if args.quick else protocol.CONFIGS)
@@ -94,6 +98,8 @@ def parse(argv):
 
 def main(argv=None):
     args = parse(argv)
+    if args.render:
+        return render(args)
     log_dir = tempfile.mkdtemp(prefix="tinygrad_gpt-bench-")       # each engine process's stderr
     cpus = protocol.engine_cpus(args.threads)
     watch = protocol.LoadWatch(cpus)
@@ -173,6 +179,18 @@ def main(argv=None):
             runner.say(f"updated the speed table in {readme}")
         else:
             runner.say(f"{readme} has no {report.README_START} ... {report.README_END} block: not updated")
+    return 0
+
+
+def render(args):
+    """--render: the outputs of an earlier run, written again from its JSON (the same refusal when it was busy)."""
+    with open(args.render) as f:
+        results = json.load(f)
+    out, readme = publish_targets(args, bool((results["meta"].get("load") or {}).get("busy")))
+    paths = report.write_outputs(results, out)
+    runner.say("wrote " + ", ".join(paths.values()))
+    if readme and report.update_readme(results, readme):
+        runner.say(f"updated the speed table in {readme}")
     return 0
 
 

@@ -261,14 +261,24 @@ def speed_table(results):
           f"), the engines taking turns. One command: `python benchmarks/bench.py --update-readme` "
           f"({'quick run' if meta['quick'] else 'full run'} of {meta['date'][:16].replace('T', ' ')}; "
           f"{load_line(meta)}; numpy {meta['machine']['numpy']})."]
-    skipped = sorted({f"{n} ({cn}: {why})" for cn, c in configs for n, why in c.get("skipped", {}).items()})
-    if skipped:
-        L.append("Not run: " + "; ".join(skipped) + ".")
+    L += not_run(configs)
     if meta.get("note"):
         L.append(meta["note"])
     if meta.get("busy"):
         L.append(f"**Measured on a busy machine: {meta['busy']}**")
     return "\n".join(L)
+
+
+def not_run(configs):
+    """One line per engine left out of some configs, with its configs and why."""
+    why = {}
+    for cname, c in configs:
+        for name, reason in c.get("skipped", {}).items():
+            why.setdefault((name, reason), []).append(cname)
+    if not why:
+        return []
+    return ["Not run: " + "; ".join(f"{name} ({', '.join(cs)}: {reason})" for (name, reason), cs in why.items())
+            + "."]
 
 
 def chart(results, path):

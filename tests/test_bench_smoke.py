@@ -139,6 +139,10 @@ def test_quick_run_times_the_same_math_and_refuses_the_rest(tmp_path):
 
     md = (out / "bench.md").read_text()
     assert "| small | tinygrad_gpt |" in md and "**failed**" in md and "## Each layer alone" in md
+    # --render writes the same tables again from the results file, measuring nothing
+    from benchmarks import bench
+    assert bench.main(["--render", str(out / "bench.json"), "--out", str(tmp_path / "again"), "--force"]) == 0
+    assert (tmp_path / "again" / "bench.md").read_text() == md
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = readme.read_text()
     assert table.startswith("before\n") and table.endswith("after\n") and "old table" not in table
