@@ -28,7 +28,7 @@ if __name__ == "__main__":                    # run as a script from a checkout:
 
 import numpy as np                            # noqa: E402
 
-from benchmarks import protocol               # noqa: E402
+from benchmarks import protocol, runner       # noqa: E402
 
 _ARRAYS = {}                                  # (config, library) -> the operands, made once per process
 
@@ -109,17 +109,6 @@ def square_rate(lib, sizes, n):
                           "gflops_best": flops / min(times) / 1e9}
     best = max(out, key=lambda k: out[k]["gflops_best"])
     return {"library": lib, "sizes": out, "peak_gflops": out[best]["gflops_best"], "best_size": int(best)}
-
-
-def floor(results):
-    """{"products": [...]} with samples from several rounds -> per-product medians and the per-step sum (ms)."""
-    rows, total = [], 0.0
-    for p in results["products"]:
-        med = float(np.median(p["samples"])) * 1e3
-        total += p["count"] * med
-        rows.append({"layer": p["layer"], "product": p["product"], "count": p["count"], "median_ms": med,
-                     "gflops": p["flops"] / med / 1e6})
-    return {"rows": rows, "per_step_ms": total}
 
 
 def _kernel_products(bc):
@@ -242,7 +231,8 @@ def compare_blas(bc, choices, threads, rounds, steps, samples=3, quiet_wait=0.0)
         rs = quiet or every                        # the quiet processes' numbers, where there are any
         products = [dict(p, samples=[s for run in rs for s in run["products"][k]["samples"]])
                     for k, p in enumerate(rs[0]["products"])]
-        out[c] = {"blas": rs[0]["blas"], "version": rs[0]["version"], "floor": floor({"products": products}),
+        out[c] = {"blas": rs[0]["blas"], "version": rs[0]["version"],
+                  "floor": protocol.blas_floor({"products": products}),
                   "step_ms": [float(np.median(run["steps"])) * 1e3 for run in every if run["steps"]],
                   "busy": [run["busy"] for run in every], "quiet": len(quiet),
                   "quiet_step_ms": [float(np.median(run["steps"])) * 1e3 for run in rs if run["steps"]]}
@@ -283,7 +273,6 @@ def main(argv=None):
         return 0
     if args.blas:
         return _main_blas(bc, args)
-    from benchmarks import runner
     res = runner.blas_floor_only(bc, ("tinygrad_gpt", "torch-fused"), args.threads, args.rounds)
     print(f"config {bc.name}: {bc.describe()}, N = {bc.tokens} rows, {args.threads} threads, "
           f"median of {args.rounds} rounds, each library in its own process")

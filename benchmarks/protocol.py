@@ -175,6 +175,18 @@ def model_flops(bc, n_params):
             "total": dense + attention, "formula": "6*N_mm*B*T + 12*L*B*T^2*C, N_mm = 12*L*C^2 + V*C"}
 
 
+def blas_floor(results):
+    """The BLAS floor from a process's timed products ({"products": [...]}, samples from several rounds:
+    matmul_shapes.time_products) -> per-product medians and their sum per step (ms)."""
+    rows, total = [], 0.0
+    for p in results["products"]:
+        med = float(np.median(p["samples"])) * 1e3
+        total += p["count"] * med
+        rows.append({"layer": p["layer"], "product": p["product"], "count": p["count"], "median_ms": med,
+                     "gflops": p["flops"] / med / 1e6})
+    return {"rows": rows, "per_step_ms": total}
+
+
 # ---- the same-math check -----------------------------------------------------------------------------------------
 
 U32 = 2.0 ** -24         # float32 unit roundoff

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from benchmarks import engines, matmul_shapes, protocol
+from benchmarks import engines, protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTLE_S = 0.25            # untimed pause before each engine's turn
@@ -418,7 +418,7 @@ def blas_floor(procs, bc, settings, rounds=None):
     for name, r in got.items():
         if r is not None and name not in errors:
             lib = procs[name].info["blas"]
-            out[lib] = dict(matmul_shapes.floor(r), process=name)
+            out[lib] = dict(protocol.blas_floor(r), process=name)
             say(f"  BLAS floor ({lib}, linear layers alone): {out[lib]['per_step_ms']:.2f} ms per step")
     return out
 

@@ -99,6 +99,36 @@ def test_single_threaded_sets_one_thread_and_restores_the_count():
     assert setter.calls == [(1,), (4,)]
 
 
+def test_single_threaded_from_two_python_threads_restores_the_count_once_both_left():
+    """Two Python threads running kernels: the count goes to 1 when the first enters and back only after the last
+    leaves (entered A, entered B, A leaves, B leaves: a plain save-and-restore per entry would restore while B is
+    inside, or restore B's saved 1)."""
+    import threading
+    lib = _openblas_lib("scipy_", "64_", ILP64_CONFIG)
+    found = blas.openblas(lib)
+    setter = lib.scipy_openblas_set_num_threads64_
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def a():
+        with found.single_threaded():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with found.single_threaded():
+            b_in.set()
+            a_out.wait(5)
+            assert setter.calls == [(1,)]                 # A has left: still one thread while B is inside
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert setter.calls == [(1,), (4,)]                   # set once, restored once, to the count before
+
+
 def _mkl_lib(layer=None, explicit_64=True):
     gemms = ["cblas_sgemm", "cblas_dgemm"] + (["cblas_sgemm_64", "cblas_dgemm_64"] if explicit_64 else [])
     extra = {} if layer is None else {"MKL_Set_Interface_Layer": Fn(layer)}

@@ -115,3 +115,30 @@ def test_lecture_style_code_runs_on_cuda_with_the_fused_attention(records, varia
         pytest.skip("numba is not installed")
     launched = set(_events(records, "kernels", f"lecture-{variant}", "launch"))
     assert {"causal_softmax_fwd", "causal_softmax_bwd", "layer_norm_fwd", "adamw_update"} <= launched, launched
+
+
+def test_the_cuda_kernels_leave_the_process_warning_filters_alone():
+    """Importing the CUDA kernels' common module installs no process-wide filter; the small-grid warning is ignored
+    inside `launch` only (warnings.catch_warnings)."""
+    import warnings
+    pytest.importorskip("numba")
+    before = list(warnings.filters)
+    from tinygrad_gpt.kernels.cuda import _common
+    assert warnings.filters == before
+    assert not any(f[1] is not None and "under-utilization" in f[1].pattern for f in warnings.filters)
+
+    class Launchable:                                   # kernel(dtype)[grid, block](*args), warning as numba does
+        def __getitem__(self, config):
+            def run(*args):
+                warnings.warn("Grid size 1 will likely result in GPU under-utilization due to low occupancy.")
+                warnings.warn("another warning")
+            return run
+    old_sim, _common.SIM = _common.SIM, True              # launch's simulator branch: no GPU, no CuPy needed
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            _common.launch(lambda dtype: Launchable(), "float32", 1, 1)
+    finally:
+        _common.SIM = old_sim
+    assert [str(w.message) for w in seen] == ["another warning"]     # only launch's own small-grid warning is gone
+    assert warnings.filters == before

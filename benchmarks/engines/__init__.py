@@ -100,7 +100,8 @@ ENGINES = {
 }
 CPU_ENGINES = tuple(n for n, s in ENGINES.items() if s.device == "cpu")
 CUDA_ENGINES = tuple(n for n, s in ENGINES.items() if s.device == "cuda")
-QUICK_ENGINES = ("tinygrad_gpt", "tinygrad_gpt-mkl", "tinygrad_gpt-numpy", "torch-fused", "torch-default-adamw", "torch-lecture")
+QUICK_ENGINES = ("tinygrad_gpt", "tinygrad_gpt-mkl", "tinygrad_gpt-numpy", "torch-fused", "torch-default-adamw",
+                 "torch-lecture")
 REFERENCE = "tinygrad_gpt"       # our engine (the targets' numerator, in every group)
 TORCH_BASELINE = "torch-fused"   # the ratios' denominator: torch at its strongest
 DEFAULT_ADAMW = "torch-default-adamw"   # the second column: torch as a script that does not ask for fused AdamW

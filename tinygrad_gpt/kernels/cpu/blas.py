@@ -32,6 +32,7 @@ import ctypes
 import glob
 import os
 import sys
+import threading
 import warnings
 
 import numba
@@ -68,6 +69,7 @@ class Blas:
         self.dgemm = _address(dgemm)
         self.ilp64 = bool(ilp64)             # 64-bit integers in the interface (else 32-bit)
         self._set, self._get = set_threads, get_threads
+        self._lock, self._inside, self._before = threading.Lock(), 0, 1   # single_threaded's shared state
 
     def __repr__(self):
         return (f"Blas({self.name!r}, {'ILP64' if self.ilp64 else 'LP64'}, {self.path!r}, "
@@ -78,15 +80,23 @@ class Blas:
 
     @contextlib.contextmanager
     def single_threaded(self):
-        """The BLAS on one thread (each numba thread calls it) for the duration; its count restored after."""
-        before = self._get()
-        if before != 1:
-            self._set(1)
+        """The BLAS on one thread (each numba thread calls it) for the duration; its count restored after. The count
+        is the BLAS's, process-wide: when several Python threads run kernels at once, the first to enter sets it to 1
+        and the last to leave restores it (a lock guards the count of those inside), so no kernel runs with the BLAS
+        back on its own threads while another is still inside."""
+        with self._lock:
+            if self._inside == 0:
+                self._before = self._get()
+                if self._before != 1:
+                    self._set(1)
+            self._inside += 1
         try:
             yield
         finally:
-            if before != 1:
-                self._set(before)
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0 and self._before != 1:
+                    self._set(self._before)
 
 
 def find():

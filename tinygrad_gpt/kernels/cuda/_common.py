@@ -26,8 +26,8 @@ except ImportError:  # pragma: no cover - older numba with the built-in cuda tar
 SIM = bool(_config.ENABLE_CUDASIM)
 
 # numba warns at every launch of fewer than 128 blocks; ours are small on purpose at small sizes (one row while
-# sampling), and a warning per launch would flood the output. (This filter applies to the whole process.)
-warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
+# sampling), and a warning per launch would flood the output. `launch` ignores it for its own launches only.
+_SMALL_GRID = r"Grid size \d+ will likely result in GPU under-utilization"
 
 MAX_THREADS = 256        # threads per block at most; the size of each kernel's shared reduction buffer
 # Launch-shape defaults, read at each launch (the simulator tests shrink them: every simulated thread is a Python
@@ -113,12 +113,16 @@ def host_arg(a):
 
 
 def launch(kernel, dtype, grid, block, *args):
-    """Run `kernel` compiled for `dtype` on `args`: on CuPy's current stream, or in the simulator."""
-    if SIM:
-        kernel(dtype)[grid, block](*[host_arg(a) for a in args])
-    else:
-        stream = _stream()                   # first: selects numba's device before anything is compiled or wrapped
-        kernel(dtype)[grid, block, stream](*[device_arg(a) for a in args])
+    """Run `kernel` compiled for `dtype` on `args`: on CuPy's current stream, or in the simulator. numba's warning
+    about small grids is ignored here, for this launch only (warnings.catch_warnings: the process's filters are left
+    as they were)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SMALL_GRID)
+        if SIM:
+            kernel(dtype)[grid, block](*[host_arg(a) for a in args])
+        else:
+            stream = _stream()               # first: selects numba's device before anything is compiled or wrapped
+            kernel(dtype)[grid, block, stream](*[device_arg(a) for a in args])
 
 
 def array_module(a):
