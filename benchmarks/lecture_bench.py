@@ -6,15 +6,15 @@
 
 `benchmarks/lecture_gpt.py` is the lecture's model as a learner writes it (one Head module per head, torch's own
 layers). Engines, each in its own process with the same threads (protocol.thread_env, NUMBA_NUM_THREADS included) on
-the same CPUs, taking turns round after round as benchmarks/runner.py does:
+the same CPUs and the same glibc allocator settings (protocol.ALLOCATORS["tuned"], the setting tinygrad_gpt makes for
+itself on first kernel use, in every process's environment), taking turns round after round as benchmarks/runner.py
+does:
 
     tinygrad_gpt          that file with its three import lines swapped textually for
                           `import tinygrad_gpt as torch` / `import tinygrad_gpt.nn as nn` /
                           `from tinygrad_gpt.nn import functional as F` (what a user does), compiled and run as a
                           module; the lecture's optimizer line `torch.optim.AdamW(model.parameters(), lr=...)`
-    torch                 the file under torch, `torch.optim.AdamW(..., fused=True)`, and the process-wide allocator
-                          setting tinygrad_gpt makes for itself on first kernel use (backend.tune_host_allocator:
-                          glibc mallopt), so both engines run on the same allocator. The ratios' denominator
+    torch                 the file under torch, `torch.optim.AdamW(..., fused=True)`. The ratios' denominator
     torch-default-adamw   the same, with the lecture's optimizer line (torch's default AdamW implementation)
     ENGINE~MUTATION       for testing the check: ENGINE on the source with one textual change (MUTATIONS below)
 
@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import datetime
 import gc
-import importlib.util
 import json
 import os
 import re
@@ -76,17 +75,15 @@ BASELINE, DEFAULT_ADAMW = "torch", "torch-default-adamw"
 class Engine:
     library: str              # "torch" or "tinygrad_gpt": the three import lines the source runs with
     fused: bool               # torch.optim.AdamW(..., fused=True) instead of the lecture's line
-    tune_allocator: bool      # apply tinygrad_gpt's process-wide mallopt setting (tinygrad_gpt makes it by itself)
     what: str
 
 
 ENGINES = {
-    "tinygrad_gpt": Engine("tinygrad_gpt", False, False,
+    "tinygrad_gpt": Engine("tinygrad_gpt", False,
                            "lecture_gpt.py with its imports swapped for tinygrad_gpt's; the lecture's AdamW line"),
-    "torch": Engine("torch", True, True, "lecture_gpt.py under torch eager; AdamW(fused=True); tinygrad_gpt's "
-                    "allocator setting (mallopt)"),
-    "torch-default-adamw": Engine("torch", False, True, "lecture_gpt.py under torch eager; the lecture's AdamW line "
-                                  "(torch's default implementation); tinygrad_gpt's allocator setting (mallopt)"),
+    "torch": Engine("torch", True, "lecture_gpt.py under torch eager; AdamW(fused=True)"),
+    "torch-default-adamw": Engine("torch", False, "lecture_gpt.py under torch eager; the lecture's AdamW line "
+                                  "(torch's default implementation)"),
 }
 DEFAULT_ENGINES = ("tinygrad_gpt", "torch", "torch-default-adamw")
 
@@ -148,20 +145,6 @@ def load_source(text, name="lecture_gpt"):
     return module
 
 
-def tune_allocator():
-    """tinygrad_gpt's process-wide allocator setting (backend.tune_host_allocator; TINYGRAD_GPT_TUNE=0 turns it off
-    as it does for tinygrad_gpt). backend.py is loaded by its path, not as tinygrad_gpt.backend: it needs only ctypes
-    and NumPy, and the torch process then imports nothing else of the package (whose other modules may not even
-    import where the engine is broken)."""
-    if os.environ.get("TINYGRAD_GPT_TUNE", "1") == "0":
-        return False
-    path = os.path.join(ROOT, "tinygrad_gpt", "backend.py")
-    spec = importlib.util.spec_from_file_location("_tinygrad_gpt_backend", path)
-    backend = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(backend)
-    return backend.tune_host_allocator()
-
-
 # ---- one engine's process ----------------------------------------------------------------------------------------
 
 
@@ -173,7 +156,6 @@ class Worker:
         self.name, self.bc = engine, bc
         self.spec, _ = engine_spec(engine)
         t0 = time.perf_counter()
-        self.allocator_tuned = tune_allocator() if self.spec.tune_allocator else None
         self.mod = load_source(engine_source(engine))
         self.torch = self.mod.torch                     # torch, or tinygrad_gpt under that name
         self.import_s = time.perf_counter() - t0
@@ -202,7 +184,7 @@ class Worker:
         import numpy
         out = {"library": self.spec.library, "version": getattr(self.torch, "__version__", None),
                "numpy": numpy.__version__, "optimizer": "AdamW(fused=True)" if self.spec.fused else "AdamW()",
-               "allocator_tuned": self.allocator_tuned, "import_s": self.import_s}
+               "allocator": {k: os.environ.get(k) for k in protocol.ALLOCATORS["tuned"]}, "import_s": self.import_s}
         if self.spec.library == "tinygrad_gpt":
             import numba
             out["numba"] = numba.__version__
@@ -286,7 +268,7 @@ class LectureProcess(runner.WorkerProcess):
 
     def __init__(self, name, bc, threads, log_path):
         super().__init__(name, [os.path.abspath(__file__), "--worker", name, json.dumps(dataclasses.asdict(bc))],
-                         threads, log_path)
+                         threads, log_path, allocator="tuned")
         self.versions = None
 
     def ready(self, timeout=runner.TIMEOUT_S):

@@ -40,22 +40,26 @@ def layer_shapes(bc):
             ("mlp proj", c, 4 * c, bc.n_layer), ("lm_head", v, c, 1)]
 
 
+def _operands(bc):
+    """Per linear layer: (label, count, flops, x (N, in), w (out, in), g (N, out)), float32, from seed 0."""
+    rng = np.random.default_rng(0)
+    n = bc.batch_size * bc.block_size
+    for name, o, i, count in layer_shapes(bc):
+        x = rng.standard_normal((n, i), dtype=np.float32)
+        w = rng.standard_normal((o, i), dtype=np.float32)
+        g = rng.standard_normal((n, o), dtype=np.float32)
+        yield f"{name} ({o}x{i})", count, 2.0 * n * o * i, x, w, g
+
+
 def _products(bc, lib):
     """[(layer, product, count, flops, fn)] for the library ("numpy" or "torch"), in the engines' layouts."""
     key = (bc.name, lib)
     if key not in _ARRAYS:
-        rng = np.random.default_rng(0)
-        n = bc.batch_size * bc.block_size
         out = []
-        for name, o, i, count in layer_shapes(bc):
-            x = rng.standard_normal((n, i), dtype=np.float32)                      # (N, in)
-            w = rng.standard_normal((o, i), dtype=np.float32)                      # (out, in)
-            g = rng.standard_normal((n, o), dtype=np.float32)                      # (N, out)
+        for label, count, flops, x, w, g in _operands(bc):
             if lib == "torch":
                 import torch
                 x, w, g = (torch.from_numpy(a) for a in (x, w, g))
-            label = f"{name} ({o}x{i})"
-            flops = 2.0 * n * o * i
             out += [(label, "y = x W^T", count, flops, lambda x=x, w=w: x @ w.T),
                     (label, "dx = g W", count, flops, lambda g=g, w=w: g @ w),
                     (label, "dW = g^T x", count, flops, lambda g=g, x=x: g.T @ x)]
@@ -117,16 +121,11 @@ def _kernel_products(bc):
     from tinygrad_gpt.kernels.cpu import blas, linear
     lib = blas.find()
     fn, pieces = lib.gemm_for(np.float32), linear._pieces()
-    rng = np.random.default_rng(0)
-    n = bc.batch_size * bc.block_size
     out = []
-    for name, o, i, count in layer_shapes(bc):
-        x = rng.standard_normal((n, i), dtype=np.float32)                      # (N, in)
-        w = rng.standard_normal((o, i), dtype=np.float32)                      # (out, in)
-        g = rng.standard_normal((n, o), dtype=np.float32)                      # (N, out)
-        y, dx, dw = np.empty((n, o), np.float32), np.empty((n, i), np.float32), np.empty((o, i), np.float32)
-        fwd, gemm = linear._pick(linear.linear_fwd, n * o * i), linear._pick(linear.gemm_rows, n * o * i)
-        label, flops = f"{name} ({o}x{i})", 2.0 * n * o * i
+    for label, count, flops, x, w, g in _operands(bc):
+        y, dx, dw = np.empty_like(g), np.empty_like(x), np.empty_like(w)
+        macs = x.shape[0] * w.shape[0] * w.shape[1]
+        fwd, gemm = linear._pick(linear.linear_fwd, macs), linear._pick(linear.gemm_rows, macs)
         out += [(label, "y = x W^T", count, flops,
                  lambda x=x, w=w, y=y, f=fwd: f(fn, lib.ilp64, x, w, y, None, 0, None, None, pieces)),
                 (label, "dx = g W", count, flops,

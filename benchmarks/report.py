@@ -213,7 +213,7 @@ def markdown(results):
 def targets(results):
     """(config, engine, its ratio to torch at its strongest, the target) for our engines that ran."""
     return [(cname, name, ratio(c, name), TARGETS[cname]) for cname, c in results["configs"].items()
-            for name in (engines.REFERENCE, "tinygrad_gpt-mkl") if cname in TARGETS and ratio(c, name) is not None]
+            for name in engines.TARGETED if cname in TARGETS and ratio(c, name) is not None]
 
 
 LIBRARIES = ("tinygrad_gpt", "torch", "jax", "tinygrad", "autograd")

@@ -103,6 +103,7 @@ CUDA_ENGINES = tuple(n for n, s in ENGINES.items() if s.device == "cuda")
 QUICK_ENGINES = ("tinygrad_gpt", "tinygrad_gpt-mkl", "tinygrad_gpt-numpy", "torch-fused", "torch-default-adamw",
                  "torch-lecture")
 REFERENCE = "tinygrad_gpt"       # our engine (the targets' numerator, in every group)
+TARGETED = (REFERENCE, "tinygrad_gpt-mkl")   # the engines the report holds to the targets: default install, [mkl]
 TORCH_BASELINE = "torch-fused"   # the ratios' denominator: torch at its strongest
 DEFAULT_ADAMW = "torch-default-adamw"   # the second column: torch as a script that does not ask for fused AdamW
 # The same-math check's references: a family's engine whose float64 run and perturbed float32 runs make the
