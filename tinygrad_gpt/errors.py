@@ -1,10 +1,57 @@
-"""Errors of the torch-shaped front end.
+"""tinygrad_gpt's errors, in one place.
 
-`UnsupportedError` is what a torch name outside the supported set raises (`torch.compile_foo`, `nn.Conv2d`,
-`t.scatter_`): one line naming it and pointing at the list in the README. It is an AttributeError, so `hasattr` and
-`getattr(x, name, default)` keep working as they do on torch for names torch lacks.
+What the command line needs to know is the category; cli.py prints the one-line message and exits with the status:
+
+    UsageError    the user's mistake: impossible settings, a missing, empty or unusable corpus or checkpoint, an
+                  output directory holding another run, a prompt outside the vocabulary, an unavailable device.
+                  Raised before anything is written. Exit status 2.
+    RunFailed     a run that started and then failed: the loss diverged, a checkpoint could not be written. The last
+                  good checkpoint is intact. Exit status 1.
+
+Subclasses exist only where a caller catches one kind apart from the rest of its category (ConfigError,
+DataError, CheckpointError; TrainingDiverged, SaveFailed). Every message is one line meant for the user.
+
+The torch-shaped front end (SPEC section 8) raises what torch would: `UnsupportedError` below for a torch name
+this engine does not provide.
 """
 
+
+class Error(Exception):
+    """Every error of tinygrad_gpt's own making; `exit_status` is what the command line exits with."""
+    exit_status = 1
+
+
+class UsageError(Error, ValueError):
+    """Bad input from the user (settings, files, prompts, devices): exit status 2, nothing written."""
+    exit_status = 2
+
+
+class RunFailed(Error, RuntimeError):
+    """A started run that failed (divergence, a failed save), its last good checkpoint intact: exit status 1."""
+    exit_status = 1
+
+
+class ConfigError(UsageError):
+    """Impossible settings or an unusable output directory."""
+
+
+class DataError(UsageError):
+    """A corpus or text that cannot be used: missing, empty, binary, or outside the vocabulary."""
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that is missing, truncated, corrupt, foreign or too new."""
+
+
+class TrainingDiverged(RunFailed):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+class SaveFailed(RunFailed):
+    """A checkpoint could not be written (e.g. a full disk); the previous one is intact."""
+
+
+# ---- the torch-shaped front end ----------------------------------------------------------------------------------
 SUPPORTED_LIST = "the README's section 'Run your lecture code without torch' lists the supported names"
 
 
