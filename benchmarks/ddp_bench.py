@@ -38,8 +38,8 @@ LECTURE_PARAMS = 10_788_929
 def worker(config, steps, warmup, out):
     import numpy as np
 
-    from tinygrad_gpt import distributed
     from benchmarks.protocol import CONFIGS
+    from tinygrad_gpt import distributed
     from tinygrad_gpt.data import BatchSampler, load_corpus
     from tinygrad_gpt.model import GPT, GPTConfig
     from tinygrad_gpt.optim import AdamW
@@ -149,9 +149,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.worker:
         return worker(args.worker, args.steps, args.warmup, args.out)
-    from benchmarks.protocol import CONFIGS
-
     import tempfile
+
+    from benchmarks.protocol import CONFIGS
     load0 = os.getloadavg()
     results = {"machine": {"cpu_count": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in load0]},
                "settings": vars(args), "configs": {}}

@@ -26,9 +26,9 @@ if __name__ == "__main__":                    # run as a script from a checkout:
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
 
-import numpy as np                            # noqa: E402
+import numpy as np  # noqa: E402
 
-from benchmarks import protocol, runner       # noqa: E402
+from benchmarks import protocol, runner  # noqa: E402
 
 _ARRAYS = {}                                  # (config, library) -> the operands, made once per process
 
@@ -137,7 +137,7 @@ def _kernel_products(bc):
 
 def _step_times(bc, n):
     """Seconds of each of n training steps of the plain API, after 2 untimed ones (compile or cache load)."""
-    from tinygrad_gpt import AdamW, GPT, GPTConfig
+    from tinygrad_gpt import GPT, AdamW, GPTConfig
     model = GPT(GPTConfig(**bc.gpt_config()))
     opt = AdamW(model.parameters(), lr=1e-3)
     x, y = protocol.make_batch(bc, protocol.TIMING_SEED)

@@ -269,7 +269,7 @@ class RecordingXP:
 def run(kernels_on):
     """Train, generate and checkpoint on the recording cuda device; returns nothing (REC holds the records)."""
     import tinygrad_gpt.backend as backend
-    from tinygrad_gpt import GPT, GPTConfig, AdamW, kernels
+    from tinygrad_gpt import GPT, AdamW, GPTConfig, kernels
     from tinygrad_gpt.tensor import Tensor
 
     kernels.set_enabled(kernels_on, "cuda")
@@ -349,6 +349,7 @@ def lecture_code(xp):
     """A learner's lecture-style model (tests/lecture_code/models.py, its imports swapped) on "cuda": the front end's
     layers, the recognised attention chain (each variant), SDPA, dropout masks, AdamW, generation."""
     import types
+
     import tinygrad_gpt as torch
     here = os.path.dirname(os.path.abspath(__file__))
     text = open(os.path.join(here, "lecture_code", "models.py")).read()

@@ -62,8 +62,7 @@ def run_kernels(path, device):
         import cupy
         dev = lambda a: None if a is None else cupy.asarray(a)          # noqa: E731
         host = lambda a: a.get() if hasattr(a, "get") else np.asarray(a)  # noqa: E731
-    from tinygrad_gpt.kernels.cuda import adamw, attention, cross_entropy, dropout_mask, layernorm
-    from tinygrad_gpt.kernels.cuda import _common
+    from tinygrad_gpt.kernels.cuda import _common, adamw, attention, cross_entropy, dropout_mask, layernorm
     assert _common.SIM == (device == "sim"), "NUMBA_ENABLE_CUDASIM=1 must be set (only) for the simulator run"
     out, meta = {}, {}
     rng = np.random.default_rng(1234)
@@ -149,8 +148,8 @@ def run_ptx(path):
     import re
     import types
 
-    from numba import cuda
     import numba.cuda.dispatcher as dispatcher
+    from numba import cuda
     # numba-cuda compiles device functions for "the current device"; without a GPU, name one (compute capability 8.0)
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(8, 0))
     from tinygrad_gpt import kernels

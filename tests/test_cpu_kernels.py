@@ -23,12 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from numba import prange
 
-from helpers import close, query_blocks, tol, unit_roundoff as u
+from helpers import close, query_blocks, tol
+from helpers import unit_roundoff as u
 from kernel_spy import spy
-from tinygrad_gpt import GPT, GPTConfig, Tensor, fused as F, kernels
+from tinygrad_gpt import GPT, GPTConfig, Tensor, kernels
+from tinygrad_gpt import fused as F
 from tinygrad_gpt.kernels.cpu import blas, tuning
 from tinygrad_gpt.optim import AdamW, adamw_update, grad_norm
 
@@ -56,6 +59,7 @@ def test_float32_exp_and_tanh_are_within_a_few_units():
     its absolute error is at most ~6 u (the quotient's relative error times 2 / (e^(2a) + 1) <= 1, plus the
     subtraction); asserted at 8 u."""
     from numba import njit
+
     from tinygrad_gpt.kernels.cpu._math import exp, tanh
 
     @njit(error_model="numpy", fastmath={"reassoc", "contract"})
@@ -719,8 +723,9 @@ def test_model_step_with_kernels_matches_the_twins(small_blocks):
 # ---- the table, first use, the disk cache -------------------------------------------------------------------------
 
 def test_every_table_entry_has_launchers_with_the_twins_signature():
-    import inspect
     import importlib
+    import inspect
+
     from tinygrad_gpt import optim
     tensor = importlib.import_module("tinygrad_gpt.tensor")   # (the package's `tensor` is the factory function)
     for name, modules in kernels.TABLE.items():

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinygrad_gpt import GPT, DeviceError, GPTConfig, Tensor, cuda_available
-from tinygrad_gpt import backend
+from tinygrad_gpt import GPT, DeviceError, GPTConfig, Tensor, backend, cuda_available
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,8 +4,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinygrad_gpt.data import (DATA_DIR, DEFAULT_CORPUS, BatchSampler, CharTokenizer, Corpus, DataError,
-                               fixed_batches, load_corpus, min_corpus_length, read_corpus, split_point)
+from tinygrad_gpt.data import (
+    DATA_DIR,
+    DEFAULT_CORPUS,
+    BatchSampler,
+    CharTokenizer,
+    Corpus,
+    DataError,
+    fixed_batches,
+    load_corpus,
+    min_corpus_length,
+    read_corpus,
+    split_point,
+)
 
 
 def write(path, data):

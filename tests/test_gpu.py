@@ -22,8 +22,17 @@ if cuda_available():                       # the imports below need torch and th
 
     import reference
     from helpers import assert_errors, compare, rel_err
-    from model_helpers import (TOL64_FWD, TOL64_GRAD, RecordingMasks, ReplayMasks, f32_tol, gpt_depth, make_pair,
-                               named_params, red_gpt)
+    from model_helpers import (
+        TOL64_FWD,
+        TOL64_GRAD,
+        RecordingMasks,
+        ReplayMasks,
+        f32_tol,
+        gpt_depth,
+        make_pair,
+        named_params,
+        red_gpt,
+    )
 
 CFG = dict(vocab_size=13, block_size=16, n_embd=32, n_head=4, n_layer=2, dropout=0.0)
 B, T = 3, 16

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_support import run
-from no_torch import BLOCK_TORCH
 from torch import nn
 from torch.nn import functional as F
 
+from cli_support import run
+from no_torch import BLOCK_TORCH
 from tinygrad_gpt import GPT, GPTConfig
 from tinygrad_gpt import checkpoint as ckpt_io
 from tinygrad_gpt.data import DEFAULT_CORPUS

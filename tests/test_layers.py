@@ -19,20 +19,40 @@ its condition number.
 Dimension names: B batch, t sequence length, C n_embd, H n_head, hs head size, V vocab, N = B * t rows.
 """
 import contextlib
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import helpers
 from helpers import assert_errors, compare
-from model_helpers import (TOL64_FWD, TOL64_GRAD, U32, U64, f32_tol, gpt_depth, make_pair, named_params, record,
-                           red_attention, red_attention_core, red_block, red_cross_entropy, red_gpt, red_layer_norm,
-                           red_linear, red_mlp, torch_dtype)
+from model_helpers import (
+    TOL64_FWD,
+    TOL64_GRAD,
+    U32,
+    U64,
+    f32_tol,
+    gpt_depth,
+    make_pair,
+    named_params,
+    record,
+    red_attention,
+    red_attention_core,
+    red_block,
+    red_cross_entropy,
+    red_gpt,
+    red_layer_norm,
+    red_linear,
+    red_mlp,
+    torch_dtype,
+)
 from strategies import gpt_configs
-from tinygrad_gpt import Tensor, fused as F, kernels
+from tinygrad_gpt import Tensor, kernels
+from tinygrad_gpt import fused as F
 from tinygrad_gpt.nn import Init, LayerNorm, Linear
 
 DTYPES = [np.float64, np.float32]

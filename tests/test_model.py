@@ -8,14 +8,26 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import reference
 from helpers import assert_errors, compare
-from model_helpers import (TOL64_FWD, TOL64_GRAD, RecordingMasks, ReplayMasks, f32_tol, gpt_depth, make_pair,
-                           named_params, randomize_params, red_gpt)
+from model_helpers import (
+    TOL64_FWD,
+    TOL64_GRAD,
+    RecordingMasks,
+    ReplayMasks,
+    f32_tol,
+    gpt_depth,
+    make_pair,
+    named_params,
+    randomize_params,
+    red_gpt,
+)
 from strategies import gpt_configs
-from tinygrad_gpt import AdamW, GPT, GPTConfig, Tensor, fused as F, no_grad
+from tinygrad_gpt import GPT, AdamW, GPTConfig, Tensor, no_grad
+from tinygrad_gpt import fused as F
 from tinygrad_gpt.model import count_parameters, parameter_shapes
 from tinygrad_gpt.nn import Dropout, ShapeOnly
 
@@ -126,9 +138,10 @@ def test_one_training_step_with_dropout_and_clipping_equals_torch_float64():
     1), every nonzero |g| is at least 1e-8 (3.1e-8), and every tensor's max|p| is at least 0.3 (0.32, O(1) weights),
     the sensitivity term lr eps |dg| / (|g| + eps)^2 is at most 1e-3 * 1e-8 * 1e-15 / (2e-8)^2 = 2.5e-11, i.e.
     8.3e-11 of max|p|; with the roundings (~1e-15) each tensor agrees within 1e-10 relative (measured: 2e-15)."""
+    import torch
+
     from helpers import rel_err
     from model_helpers import U64, adamw_first_step_bound
-    import torch
 
     cfg = dict(vocab_size=65, block_size=16, n_embd=32, n_head=4, n_layer=2, dropout=0.1)
     lr, wd, clip = 1e-3, 0.01, 1.0

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from no_torch import BLOCK_TORCH
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from no_torch import BLOCK_TORCH
 
 ROOT = Path(__file__).resolve().parents[1]

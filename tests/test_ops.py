@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import check, check_or_raise
-from strategies import (axes, broadcastable_shapes, distinct_floats, floats, index_arrays, new_shapes, shapes)
+from strategies import axes, broadcastable_shapes, distinct_floats, floats, index_arrays, new_shapes, shapes
 from tinygrad_gpt import Tensor, gradcheck
 
 

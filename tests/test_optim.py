@@ -23,7 +23,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from model_helpers import U32, U64
 from tinygrad_gpt import AdamW, Tensor

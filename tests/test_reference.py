@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from model_helpers import RecordingMasks
-from reference import (GPT, Dropout, GPTConfig, count_parameters, from_numpy_state_dict, load_safetensors,
-                       make_adamw, numpy_state_dict)
+from reference import (
+    GPT,
+    Dropout,
+    GPTConfig,
+    count_parameters,
+    from_numpy_state_dict,
+    load_safetensors,
+    make_adamw,
+    numpy_state_dict,
+)
 
 SMALL = dict(vocab_size=65, block_size=32, n_embd=64, n_head=4, n_layer=4)
 LARGE = dict(vocab_size=65, block_size=256, n_embd=384, n_head=6, n_layer=6)

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
-from no_torch import BLOCK_TORCH
 
+from no_torch import BLOCK_TORCH
 from tinygrad_gpt import serialization
 from tinygrad_gpt.serialization import (
     ALLOWED_GLOBALS,

@@ -27,9 +27,22 @@ from hypothesis.extra import numpy as hnp
 
 import tinygrad_gpt as tg
 from helpers import TOL, assert_errors, check, check_or_raise, compare, rel_err, tol
-from strategies import (attention_inputs, axes, broadcastable_shapes, cross_entropy_cases, dims, distinct_floats,
-                        expand_sizes, floats, new_shapes, python_data, reduction_args, setitem_cases, shapes,
-                        torch_indices)
+from strategies import (
+    attention_inputs,
+    axes,
+    broadcastable_shapes,
+    cross_entropy_cases,
+    dims,
+    distinct_floats,
+    expand_sizes,
+    floats,
+    new_shapes,
+    python_data,
+    reduction_args,
+    setitem_cases,
+    shapes,
+    torch_indices,
+)
 
 U32 = np.finfo(np.float32).eps / 2        # float32 unit roundoff, 2**-24
 

@@ -20,8 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
-from cli_support import TINY_MODEL, log, run
 import ddp_driver
+from cli_support import TINY_MODEL, log, run
 from tinygrad_gpt import budget
 from tinygrad_gpt.budget import evaluations_between, fit_steps, parse_duration
 from tinygrad_gpt.config import ConfigError

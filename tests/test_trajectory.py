@@ -22,7 +22,7 @@ import torch
 import reference
 from helpers import rel_err
 from model_helpers import U32, shakespeare
-from tinygrad_gpt import AdamW, GPT, GPTConfig
+from tinygrad_gpt import GPT, AdamW, GPTConfig
 
 B, T, STEPS, LR = 4, 16, 50, 1e-3
 TOL64 = 1e-8

@@ -10,7 +10,7 @@ import numpy as np
 
 import tinygrad_gpt
 from benchmarks.engines import fwd_bwd, time_generate
-from tinygrad_gpt import AdamW, GPT, GPTConfig, Tensor, no_grad
+from tinygrad_gpt import GPT, AdamW, GPTConfig, Tensor, no_grad
 from tinygrad_gpt import fused as F
 from tinygrad_gpt.backend import get_device
 

@@ -1,13 +1,14 @@
 # A lecture-style training script, written as a learner writes it for torch (our words, the lecture's structure:
 # data, get_batch, estimate_loss, Head / MultiHeadAttention / FeedFoward / Block / GPTLanguageModel, the AdamW
-# loop, generate). The tests run it twice: with torch, and with only these three import lines changed to
+# loop, generate). The tests run it twice: with torch, and with only its three torch import lines changed to
 # tinygrad_gpt's, in a process where torch cannot be imported. Sizes come from the environment so the tests
 # keep it small.
+import os
+import sys
+
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-import os
-import sys
 
 batch_size = int(os.environ.get("LS_BATCH", 16))
 block_size = int(os.environ.get("LS_BLOCK", 32))

@@ -1,7 +1,8 @@
+import math
+
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-import math
 
 # Lecture-style modules, written for torch (our words, the lecture's and its notebooks' structure). The tests build
 # them twice, from this same text: under torch, and with only the three import lines above swapped for
