@@ -25,7 +25,7 @@ if __name__ == "__main__":                    # run as a script from a checkout:
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
 
-from benchmarks import engines, protocol, report, runner  # noqa: E402
+from benchmarks import engines, protocol, report, runner  # noqa: E402 (after the sys.path insert above)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(os.path.dirname(HERE), "README.md")

@@ -16,18 +16,18 @@ import os
 import re
 import sys
 
+import numpy as np
+from autograd import value_and_grad
+
 if __name__ == "__main__":
     ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
-from autograd import value_and_grad  # noqa: E402
-
-from benchmarks import protocol  # noqa: E402
-from benchmarks.engines import autograd_gpt as ag  # noqa: E402
-from benchmarks.engines.ours import TinygradGPT  # noqa: E402
-from tinygrad_gpt import GPT, GPTConfig  # noqa: E402
+from benchmarks import protocol  # noqa: E402 (after the sys.path insert above)
+from benchmarks.engines import autograd_gpt as ag  # noqa: E402 (after the sys.path insert above)
+from benchmarks.engines.ours import TinygradGPT  # noqa: E402 (after the sys.path insert above)
+from tinygrad_gpt import GPT, GPTConfig  # noqa: E402 (after the sys.path insert above)
 
 START, END = "<!-- check-power:start -->", "<!-- check-power:end -->"
 RESAMPLED_RUNS = (4, 8, 16)      # reference runs R in the false-alarm resampling

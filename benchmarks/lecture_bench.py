@@ -44,15 +44,15 @@ import sys
 import time
 import types
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if __name__ == "__main__" and ROOT not in sys.path:   # run as a script from a checkout: make benchmarks importable
     sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
-
-from benchmarks import protocol, runner  # noqa: E402
-from benchmarks.runner import EngineError, say  # noqa: E402
+from benchmarks import protocol, runner  # noqa: E402 (after the sys.path insert above)
+from benchmarks.runner import EngineError, say  # noqa: E402 (after the sys.path insert above)
 
 SOURCE = os.path.join(HERE, "lecture_gpt.py")
 README = os.path.join(ROOT, "README.md")

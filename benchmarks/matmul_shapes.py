@@ -21,14 +21,14 @@ import os
 import sys
 import time
 
+import numpy as np
+
 if __name__ == "__main__":                    # run as a script from a checkout: make benchmarks importable
     ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
-
-from benchmarks import protocol, runner  # noqa: E402
+from benchmarks import protocol, runner  # noqa: E402 (after the sys.path insert above)
 
 _ARRAYS = {}                                  # (config, library) -> the operands, made once per process
 

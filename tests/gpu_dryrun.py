@@ -14,14 +14,14 @@ import sys
 os.environ["NUMBA_ENABLE_CUDASIM"] = "1"          # before numba is imported
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import cuda_proxy  # noqa: E402
-import sim_support  # noqa: E402
+import cuda_proxy  # noqa: E402 (after the simulator switch and the sys.path insert above)
+import sim_support  # noqa: E402 (as cuda_proxy)
 
 sim_support.patch()
 sys.modules["cupy"] = cuda_proxy.RecordingXP()
 
-import tinygrad_gpt.backend as backend  # noqa: E402
-from tinygrad_gpt.kernels.cuda import _common  # noqa: E402
+import tinygrad_gpt.backend as backend  # noqa: E402 (once "cupy" is the recording stand-in)
+from tinygrad_gpt.kernels.cuda import _common  # noqa: E402 (as backend)
 
 backend._cuda = backend.Device("cuda", sys.modules["cupy"])
 _common.host_arg = lambda a: a._a if isinstance(a, cuda_proxy.RArray) else a

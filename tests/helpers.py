@@ -179,10 +179,10 @@ def check_or_raise(op, inputs, fn, torch_fn=None, **kw):
         except kind as ours:
             assert str(ours), f"{op}: {type(ours).__name__} without a message (torch: {e})"
             return "raised"
-        except Exception as ours:  # noqa: BLE001
+        except Exception as ours:  # noqa: BLE001 (any other error of ours is the wrong kind)
             raise AssertionError(f"{op}: torch raises {type(e).__name__} ({e}), ours {type(ours).__name__} "
                                  f"({ours})") from ours
-        raise AssertionError(f"{op}: torch raises {type(e).__name__} ({e}), ours computes a result")
+        raise AssertionError(f"{op}: torch raises {type(e).__name__} ({e}), ours computes a result") from e
     check(op, inputs, fn, torch_fn, **kw)
     return "computed"
 

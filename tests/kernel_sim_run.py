@@ -60,8 +60,12 @@ def run_kernels(path, device):
         dev, host = (lambda a: a), (lambda a: np.asarray(a))
     else:
         import cupy
-        dev = lambda a: None if a is None else cupy.asarray(a)          # noqa: E731
-        host = lambda a: a.get() if hasattr(a, "get") else np.asarray(a)  # noqa: E731
+
+        def dev(a):
+            return None if a is None else cupy.asarray(a)
+
+        def host(a):
+            return a.get() if hasattr(a, "get") else np.asarray(a)
     from tinygrad_gpt.kernels.cuda import _common, adamw, attention, cross_entropy, dropout_mask, layernorm
     assert _common.SIM == (device == "sim"), "NUMBA_ENABLE_CUDASIM=1 must be set (only) for the simulator run"
     out, meta = {}, {}
@@ -153,8 +157,7 @@ def run_ptx(path):
     # numba-cuda compiles device functions for "the current device"; without a GPU, name one (compute capability 8.0)
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(8, 0))
     from tinygrad_gpt import kernels
-    kernels.warmup  # noqa: B018  (the module list lives there)
-    for name in ("layernorm", "attention", "cross_entropy", "adamw", "dropout_mask"):
+    for name in ("layernorm", "attention", "cross_entropy", "adamw", "dropout_mask"):   # kernels.warmup's list
         kernels._module("cuda", name)
     result = {}
     for kern in kernels._module("cuda", "_common").REGISTRY:

@@ -130,8 +130,9 @@ def test_the_cuda_kernels_leave_the_process_warning_filters_alone():
     class Launchable:                                   # kernel(dtype)[grid, block](*args), warning as numba does
         def __getitem__(self, config):
             def run(*args):
-                warnings.warn("Grid size 1 will likely result in GPU under-utilization due to low occupancy.")
-                warnings.warn("another warning")
+                warnings.warn("Grid size 1 will likely result in GPU under-utilization due to low occupancy.",
+                              stacklevel=2)
+                warnings.warn("another warning", stacklevel=2)
             return run
     old_sim, _common.SIM = _common.SIM, True              # launch's simulator branch: no GPU, no CuPy needed
     try:

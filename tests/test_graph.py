@@ -1,5 +1,6 @@
 """Graph properties of the autograd engine: shared nodes, deep chains, accumulation, freeing, no_grad, detach, and the
 errors a user meets (non-scalar backward, mismatched shapes, devices)."""
+import operator
 import os
 import subprocess
 import sys
@@ -180,7 +181,7 @@ def test_no_grad_nests_and_restores_after_an_exception():
             with no_grad():
                 pass
             assert not (x * 2).requires_grad
-            1 / 0
+            raise ZeroDivisionError
     assert (x * 2).requires_grad
 
 
@@ -225,7 +226,7 @@ def test_backward_gradient_of_the_wrong_shape_names_both_shapes():
 def test_mismatched_shapes_name_both_shapes(op):
     a, b = Tensor(np.ones((2, 3))), Tensor(np.ones((4,)))
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(4,\)"):
-        eval(f"a {op} b")
+        {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}[op](a, b)
 
 
 def test_mismatched_shapes_in_matmul_cat_reshape():

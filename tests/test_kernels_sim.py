@@ -25,16 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as TF
 
 pytest.importorskip("numba")
 
-import torch  # noqa: E402
-import torch.nn.functional as TF  # noqa: E402
-
-from helpers import close, tol, unit_roundoff  # noqa: E402
-from tinygrad_gpt import cuda_available  # noqa: E402
-from tinygrad_gpt import fused as F  # noqa: E402
-from tinygrad_gpt.optim import adamw_update  # noqa: E402
+from helpers import close, tol, unit_roundoff  # noqa: E402 (tinygrad_gpt imports numba: after the skip above)
+from tinygrad_gpt import cuda_available  # noqa: E402 (as helpers)
+from tinygrad_gpt import fused as F  # noqa: E402 (as helpers)
+from tinygrad_gpt.optim import adamw_update  # noqa: E402 (as helpers)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "kernel_sim_run.py"

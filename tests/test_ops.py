@@ -298,7 +298,7 @@ def test_T(x):
 
 def test_T_needs_2d():
     with pytest.raises(ValueError, match=r"\(2, 2, 2\)"):
-        Tensor(np.ones((2, 2, 2))).T
+        _ = Tensor(np.ones((2, 2, 2))).T
 
 
 # ---- indexing ----------------------------------------------------------------------------------------------------
@@ -524,7 +524,8 @@ def test_gradcheck_names_input_element_and_values_of_a_wrong_gradient():
 
 
 def test_gradcheck_catches_a_missing_gradient():
-    detached = lambda a: a.detach() * a  # noqa: E731  (the detached factor gets no gradient)
+    def detached(a):
+        return a.detach() * a      # the detached factor gets no gradient
     with pytest.raises(AssertionError, match="input 0"):
         gradcheck(detached, [np.array([1.0, 2.0])])
 

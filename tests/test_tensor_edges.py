@@ -178,7 +178,8 @@ def test_bool_masks_index_and_route_the_gradient():
     check("getitem_mask", [x], lambda t: t[t.numpy() > 0], lambda t: t[t > 0])
     check("getitem_mask", [x], lambda t: t[t > 0], lambda t: t[t > 0])             # a bool Tensor
     check("getitem_mask", [x], lambda t: t[[True, False]], lambda t: t[torch.tensor([True, False])])
-    check("getitem_mask", [x], lambda t: t[:, np.array([True, False, True])], lambda t: t[:, torch.tensor([1, 0, 1]) > 0])
+    check("getitem_mask", [x], lambda t: t[:, np.array([True, False, True])],
+          lambda t: t[:, torch.tensor([1, 0, 1]) > 0])
     check("getitem_mask", [np.array(1.5)], lambda t: t[t > 0], lambda t: t[t > 0])  # 0-d: a mask of one
 
 
@@ -264,9 +265,9 @@ def test_mT_and_T():
     check("mT", [x[0]], lambda t: t.mT)
     for bad in (x, x[0, 0], x[0, 0, 0]):
         with pytest.raises(TensorError, match=r"\.T needs a 2-D tensor"):
-            Tensor(bad).T
+            _ = Tensor(bad).T
     with pytest.raises(RuntimeError, match=r"\.mT needs .* at least 2"):
-        Tensor(x[0, 0]).mT
+        _ = Tensor(x[0, 0]).mT
 
 
 @given(st.data())
@@ -293,7 +294,10 @@ def _same(ours, theirs):
         assert not ours.requires_grad
 
 
-def int_arrays(dtype, shape=shapes()):
+ANY_SHAPE = shapes()
+
+
+def int_arrays(dtype, shape=ANY_SHAPE):
     if dtype == np.bool_:
         return hnp.arrays(dtype, shape)
     lo = 0 if dtype == np.uint8 else -9
@@ -327,7 +331,7 @@ def test_comparison_with_other_objects_is_identity_or_a_type_error():
     t = Tensor(np.ones(2))
     assert (t == None) is False and (t != "a") is True  # noqa: E711 (as torch: no elementwise result)
     with pytest.raises(TypeError):
-        t < None  # noqa: B015
+        _ = t < None
     assert len({t, Tensor(np.ones(2))}) == 2 and t in {t}  # hashable, by identity
 
 

@@ -115,7 +115,7 @@ def _count(shape, dim):
     return math.prod(shape[d] for d in dims_) if shape else 1
 
 
-# ---- reductions with torch's signature ---------------------------------------------------------------------------------
+# ---- reductions with torch's signature -------------------------------------------------------------------------------
 
 @given(reduction_args(min_side=0), st.sampled_from([None, "float64"]))
 def test_sum_and_mean_with_dim_keepdim_and_dtype(xdk, dtype):
@@ -256,7 +256,7 @@ def test_all_and_any_of_uint8_keep_uint8():
         same_exact(lambda lib, a: getattr(lib.tensor(a), op)(1), x, what=op)
 
 
-# ---- shape ops -----------------------------------------------------------------------------------------------------------
+# ---- shape ops -------------------------------------------------------------------------------------------------------
 
 @given(st.data())
 def test_view_and_reshape_with_minus_one_and_size(data):
@@ -488,7 +488,7 @@ def test_maximum_and_minimum_with_ties(ab, data):
     same("maximum", [x, y], lambda lib, a, b: a.max(b), fd=False)
 
 
-# ---- dtypes and promotion ---------------------------------------------------------------------------------------------
+# ---- dtypes and promotion --------------------------------------------------------------------------------------------
 
 @given(python_data())
 def test_tensor_of_python_data(data):
@@ -574,7 +574,7 @@ def test_arange(args):
     step = args[2] if len(args) == 3 else 1
     try:
         theirs = torch.arange(*args)
-    except RuntimeError:          # the sign of the step disagrees with the bounds: test_arange_with_a_step_of_the_wrong...
+    except RuntimeError:          # the step's sign disagrees with the bounds: test_arange_with_a_step_of_the_wrong...
         return
     ours = tg.arange(*args)
     assert ours.dtype == theirs.numpy().dtype and ours.shape == tuple(theirs.shape)
@@ -656,7 +656,7 @@ def test_scalar_promotion_and_comparisons(name, scalar, op):
                                rtol=2 * U32, atol=0)   # float32 results: one rounding each (torch may divide by 1/b)
 
 
-# ---- indexing ------------------------------------------------------------------------------------------------------------
+# ---- indexing --------------------------------------------------------------------------------------------------------
 
 def _index_for(lib, index):
     """A torch_indices index with its NumPy arrays as the engine's tensors (lists stay lists)."""
@@ -803,7 +803,8 @@ OVERWRITES = ("fill_", "zero_", "copy_")   # no gradient to the old value: test_
 def test_inplace_ops_on_a_tensor_in_the_graph(name, data):
     """On a non-leaf that requires grad (y = x * 1.5), and with an operand that requires grad: torch's values and
     gradients (no finite differences where the op has a kink or a constant)."""
-    pair = data.draw(broadcastable_shapes(max_dims=3, min_dims=1 if name == "setitem" else 0))  # (0-d: its own test below)
+    # (0-d setitem: its own test below)
+    pair = data.draw(broadcastable_shapes(max_dims=3, min_dims=1 if name == "setitem" else 0))
     x, o = (np.asarray(data.draw(floats(s, "nonzero"))) for s in pair)
     x = np.broadcast_to(x, np.broadcast_shapes(x.shape, o.shape)).copy()
 
@@ -856,7 +857,7 @@ def test_augmented_assignment_on_a_leaf_that_requires_grad_raises():
     raises_like_torch(lambda lib, a: _iadd(lib.tensor(a, requires_grad=True), 1.0), np.array([0.5, -1.0]))
 
 
-# ---- conversions -----------------------------------------------------------------------------------------------------------
+# ---- conversions -----------------------------------------------------------------------------------------------------
 
 @given(st.sampled_from(["float32", "float64", "int64", "bool"]), shapes())
 def test_item_tolist_numbers_and_sizes(name, shape):
@@ -890,7 +891,7 @@ def test_index_protocol(n, name):
     raises_like_torch(lambda lib: stuff[lib.tensor([1, 2])])
 
 
-# ---- nn.functional ---------------------------------------------------------------------------------------------------------
+# ---- nn.functional ---------------------------------------------------------------------------------------------------
 
 def F(lib):
     return lib.nn.functional
@@ -1049,7 +1050,8 @@ def test_sdpa_with_masks_and_scale(qkv, data):
     mask[np.arange(L), data.draw(hnp.arrays(np.int64, L, elements=st.integers(0, S - 1)))] = True
     bias = data.draw(floats((L, S)))
     scale = data.draw(st.sampled_from([None, 0.25, 2.0]))
-    sdpa = lambda lib: F(lib).scaled_dot_product_attention
+    def sdpa(lib):
+        return F(lib).scaled_dot_product_attention
     same("sdpa", [q, k, v], lambda lib, *t: sdpa(lib)(*t, attn_mask=lib.tensor(mask), scale=scale))
     same("sdpa", [q, k, v, bias], lambda lib, *t: sdpa(lib)(*t[:3], attn_mask=t[3], scale=scale))
     same("sdpa", [q, k, v], lambda lib, *t: sdpa(lib)(*t))
@@ -1108,7 +1110,7 @@ def test_pad_refuses_negative_widths_and_other_modes():
             call()
 
 
-# ---- nn modules ---------------------------------------------------------------------------------------------------------------
+# ---- nn modules ------------------------------------------------------------------------------------------------------
 
 def module_tree(lib, shared=False):
     """The same nested module tree in either engine: parameters, persistent and non-persistent buffers, a parameter
@@ -1358,7 +1360,7 @@ def test_clip_grad_norm(max_norm, seed):
         assert rel_err(g.numpy(), tg_.numpy()) <= TOL
 
 
-# ---- optim ------------------------------------------------------------------------------------------------------------------
+# ---- optim -----------------------------------------------------------------------------------------------------------
 
 def _regression(lib, seed):
     """A small float64 model (Linear -> tanh -> Linear), its data, and torch's weights in both engines."""
@@ -1493,7 +1495,7 @@ def _resumed(lib, name, opt):
             "lambda": lambda: sch.LambdaLR(opt, lambda e: 0.9 ** e, last_epoch=3)}[name]()
 
 
-# ---- random -----------------------------------------------------------------------------------------------------------------
+# ---- random ----------------------------------------------------------------------------------------------------------
 
 DRAWS = {
     "randn": lambda lib, g=None: lib.randn(3, 4, generator=g),
@@ -1607,7 +1609,7 @@ def test_random_shapes_and_dtypes_equal_torchs(name):
     assert ours.shape == tuple(theirs.shape) and ours.dtype == theirs.numpy().dtype
 
 
-# ---- names outside the supported set ------------------------------------------------------------------------------------------
+# ---- names outside the supported set ---------------------------------------------------------------------------------
 
 UNSUPPORTED = {
     "torch.fft": lambda: tg.fft,
