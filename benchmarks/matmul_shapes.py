@@ -102,7 +102,7 @@ def square_rate(lib, sizes, n):
             a, b = cupy.asarray(a), cupy.asarray(b)
             sync = cupy.cuda.Device().synchronize
 
-        def product():
+        def product(a=a, b=b, sync=sync):
             a @ b
             if sync:
                 sync()

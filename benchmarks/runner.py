@@ -377,7 +377,7 @@ def _run_group(bc, procs, res, batches, settings, samples, first):
     if first and settings.layers:
         with_layers = {n: p for n, p in procs.items() if p.info.get("layers")}
         for layer in engines.LAYERS:
-            got, errs = take_turns(with_layers, bc.rounds, settings.settle_s, lambda n, p: p.call(
+            got, errs = take_turns(with_layers, bc.rounds, settings.settle_s, lambda n, p, layer=layer: p.call(
                 "layer", layer=layer, n=settings.layer_samples, min_s=settings.min_sample_s)["samples"],
                 settings.watch)
             for name, s in got.items():

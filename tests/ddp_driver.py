@@ -121,7 +121,7 @@ def simulate(npz, n_ranks, kw):
         if n_ranks * tc.grad_accum > 1:
             total *= 1.0 / (n_ranks * tc.grad_accum)                  # ... then the scale by 1/(N A)
 
-        def averaged(o):
+        def averaged(o, total=total):
             o.groups[0].grad[...] = total[:-1]
         opt.step(grad_hook=averaged)
         losses.append(float(total[-1]))

@@ -222,7 +222,7 @@ def torch_indices(draw, shape, unique=False):
         else:
             used_advanced = True
             values = st.lists(st.integers(-n, n - 1), min_size=1, max_size=4,
-                              unique_by=(lambda i: i % n) if unique else None)
+                              unique_by=(lambda i, n=n: i % n) if unique else None)
             idx = draw(values)
             parts.append(np.array(idx, dtype=np.int64) if kind == "array" else idx)
     if draw(st.booleans()):

@@ -67,8 +67,8 @@ def test_reductions_of_empty_tensors(shape, axis):
     """Sums of nothing are 0 and means nan, as in torch; a max over an empty axis is an error, over another a result."""
     x = np.zeros(shape)
     for op in sorted(TORCH_REDUCTION):
-        check_or_raise(op, [x], lambda t: getattr(t, op)(axis=axis),
-                       lambda t: TORCH_REDUCTION[op](t, dim=_dims(axis)))
+        check_or_raise(op, [x], lambda t, op=op: getattr(t, op)(axis=axis),
+                       lambda t, op=op: TORCH_REDUCTION[op](t, dim=_dims(axis)))
     with np.errstate(all="raise"):  # no RuntimeWarning for the nan of an empty mean
         assert np.isnan(Tensor(np.zeros(0)).mean().item())
 
@@ -231,7 +231,8 @@ def test_cat_edges():
     two = np.arange(6.0).reshape(2, 3)
     for pieces, axis in [([], 0), ([np.array(1.0), np.array(2.0)], 0), ([two, two], 2), ([two, two], -3),
                          ([two, two[0]], 0), ([two, two[:, :2]], 0), ([two, np.ones((0, 3))], 0), ([two], -1)]:
-        check_or_raise("cat", pieces, lambda *ts: Tensor.cat(ts, axis), lambda *ts: torch.cat(ts, dim=axis))
+        check_or_raise("cat", pieces, lambda *ts, axis=axis: Tensor.cat(ts, axis),
+                       lambda *ts, axis=axis: torch.cat(ts, dim=axis))
 
 
 def test_cat_promotes_dtypes_as_torch():

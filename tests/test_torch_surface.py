@@ -176,12 +176,12 @@ def test_max_and_min_without_dim_with_dim_and_with_a_tensor(xdk):
     torch's); max(other) the elementwise maximum."""
     x, dim, keep = xdk
     for op in ("max", "min"):
-        same(op, [x], lambda lib, t: getattr(t, op)())
-        same(op, [x], lambda lib, t: getattr(lib, op)(t))
+        same(op, [x], lambda lib, t, op=op: getattr(t, op)())
+        same(op, [x], lambda lib, t, op=op: getattr(lib, op)(t))
         if isinstance(dim, int):
-            _values_indices(op, x, lambda lib, t: getattr(t, op)(dim, keepdim=keep))
-            _values_indices(op, x, lambda lib, t: getattr(lib, op)(t, dim=dim, keepdim=keep))
-            _values_indices(op, x, lambda lib, t: getattr(t, op)(dim))
+            _values_indices(op, x, lambda lib, t, op=op: getattr(t, op)(dim, keepdim=keep))
+            _values_indices(op, x, lambda lib, t, op=op: getattr(lib, op)(t, dim=dim, keepdim=keep))
+            _values_indices(op, x, lambda lib, t, op=op: getattr(t, op)(dim))
     y = np.flip(x).copy() + 0.05      # distinct from x's values too (the distinct gap is 0.2)
     same("max", [x, y], lambda lib, a, b: a.max(b))
     same("min", [x, y], lambda lib, a, b: lib.min(a, b))
@@ -210,9 +210,9 @@ def test_argmax_argmin(data):
     dim = data.draw(st.one_of(st.none(), dims(len(shape))))
     keep = data.draw(st.booleans())
     for op in ("argmax", "argmin"):
-        same_exact(lambda lib, a: getattr(lib.tensor(a), op)(dim=dim, keepdim=keep), x, what=op)
-        same_exact(lambda lib, a: getattr(lib, op)(lib.tensor(a), dim), x, what=op)
-        same_exact(lambda lib, a: getattr(lib.tensor(a), op)(), x, what=op)
+        same_exact(lambda lib, a, op=op: getattr(lib.tensor(a), op)(dim=dim, keepdim=keep), x, what=op)
+        same_exact(lambda lib, a, op=op: getattr(lib, op)(lib.tensor(a), dim), x, what=op)
+        same_exact(lambda lib, a, op=op: getattr(lib.tensor(a), op)(), x, what=op)
 
 
 @given(st.data())
@@ -243,17 +243,17 @@ def test_all_and_any(data):
     dim = data.draw(axes(len(shape), allow_tuple=True))
     keep = data.draw(st.booleans())
     for op in ("all", "any"):
-        same_exact(lambda lib, a: getattr(lib.tensor(a), op)(), x, what=op)
+        same_exact(lambda lib, a, op=op: getattr(lib.tensor(a), op)(), x, what=op)
         if dim is not None:
-            same_exact(lambda lib, a: getattr(lib.tensor(a), op)(dim=dim, keepdim=keep), x, what=op)
-            same_exact(lambda lib, a: getattr(lib, op)(lib.tensor(a), dim, keep), x, what=op)
+            same_exact(lambda lib, a, op=op: getattr(lib.tensor(a), op)(dim=dim, keepdim=keep), x, what=op)
+            same_exact(lambda lib, a, op=op: getattr(lib, op)(lib.tensor(a), dim, keep), x, what=op)
 
 
 def test_all_and_any_of_uint8_keep_uint8():
     x = np.array([[1, 0], [2, 3]], dtype=np.uint8)
     for op in ("all", "any"):
-        same_exact(lambda lib, a: getattr(lib.tensor(a), op)(), x, what=op)
-        same_exact(lambda lib, a: getattr(lib.tensor(a), op)(1), x, what=op)
+        same_exact(lambda lib, a, op=op: getattr(lib.tensor(a), op)(), x, what=op)
+        same_exact(lambda lib, a, op=op: getattr(lib.tensor(a), op)(1), x, what=op)
 
 
 # ---- shape ops -------------------------------------------------------------------------------------------------------
@@ -455,10 +455,10 @@ def test_floor_division_and_remainder(data):
     ix = np.round(x * 3).astype(np.int64)
     iy = np.where(np.round(y * 2) == 0, 1, np.round(y * 2)).astype(np.int64)
     for fn in (lambda p, q: p // q, lambda p, q: p % q):
-        same_exact(lambda lib, p, q: fn(lib.tensor(p), lib.tensor(q)), x, y, what="float // %")
-        same_exact(lambda lib, p, q: fn(lib.tensor(p), lib.tensor(q)), ix, iy, what="int // %")
-        same_exact(lambda lib, p: fn(lib.tensor(p), 3), ix, what="int // % 3")
-        same_exact(lambda lib, p: fn(lib.tensor(p), 0.75), x, what="float // % 0.75")
+        same_exact(lambda lib, p, q, fn=fn: fn(lib.tensor(p), lib.tensor(q)), x, y, what="float // %")
+        same_exact(lambda lib, p, q, fn=fn: fn(lib.tensor(p), lib.tensor(q)), ix, iy, what="int // %")
+        same_exact(lambda lib, p, fn=fn: fn(lib.tensor(p), 3), ix, what="int // % 3")
+        same_exact(lambda lib, p, fn=fn: fn(lib.tensor(p), 0.75), x, what="float // % 0.75")
     # away from the jumps of x mod y (|x / y| not within 1e-3 of an integer) for the finite differences
     q = x / y
     smooth = bool(np.all(np.abs(q - np.round(q)) > 1e-3))
@@ -538,18 +538,19 @@ def test_zeros_ones_empty_full_and_their_likes(shape, name):
         return {} if name is None else {"dtype": getattr(lib, name)}
     for factory in ("zeros", "ones"):
         if shape:                                                            # (torch's zeros() needs a size)
-            same_exact(lambda lib: getattr(lib, factory)(*shape, **kw(lib)), what=factory)
-        same_exact(lambda lib: getattr(lib, factory)(shape, **kw(lib)), what=factory)
-        same_exact(lambda lib: getattr(lib, factory)(lib.Size(shape)), what=factory)
+            same_exact(lambda lib, factory=factory: getattr(lib, factory)(*shape, **kw(lib)), what=factory)
+        same_exact(lambda lib, factory=factory: getattr(lib, factory)(shape, **kw(lib)), what=factory)
+        same_exact(lambda lib, factory=factory: getattr(lib, factory)(lib.Size(shape)), what=factory)
     same_exact(lambda lib: lib.empty(shape, **kw(lib)).shape, what="empty")
     same_exact(lambda lib: lib.empty(shape, **kw(lib)).dtype == getattr(lib, name or "float32"), what="empty dtype")
     for value in (3, -1.5, True, 0.0):
-        same_exact(lambda lib: lib.full(shape, value), what=f"full({value!r})")
-        same_exact(lambda lib: lib.full(shape, value, **kw(lib)), what=f"full({value!r})")
+        same_exact(lambda lib, value=value: lib.full(shape, value), what=f"full({value!r})")
+        same_exact(lambda lib, value=value: lib.full(shape, value, **kw(lib)), what=f"full({value!r})")
     x = np.ones(shape, dtype=np.float64)
     for factory in ("zeros_like", "ones_like", "empty_like"):
-        same_exact(lambda lib, a: getattr(lib, factory)(lib.tensor(a), **kw(lib)).shape, x, what=factory)
-        same_exact(lambda lib, a: getattr(lib, factory)(lib.tensor(a), **kw(lib)).dtype == getattr(
+        same_exact(lambda lib, a, factory=factory: getattr(lib, factory)(lib.tensor(a), **kw(lib)).shape, x,
+                   what=factory)
+        same_exact(lambda lib, a, factory=factory: getattr(lib, factory)(lib.tensor(a), **kw(lib)).dtype == getattr(
             lib, name or "float64"), x, what=factory)
     same_exact(lambda lib, a: lib.zeros_like(lib.tensor(a), **kw(lib)), x)
     same_exact(lambda lib, a: lib.ones_like(lib.tensor(a)), x)
@@ -902,12 +903,12 @@ def test_softmax_and_log_softmax_with_dim_and_dtype(data):
     x = data.draw(floats(shapes(min_dims=1)))
     d = data.draw(dims(x.ndim))
     for op in ("softmax", "log_softmax"):
-        same(op, [x], lambda lib, t: getattr(F(lib), op)(t, dim=d))
-        same(op, [x], lambda lib, t: getattr(F(lib), op)(t, d))
-        same(op, [x], lambda lib, t: getattr(lib, op)(t, d))
-        same(op, [x], lambda lib, t: getattr(t, op)(dim=d))
+        same(op, [x], lambda lib, t, op=op: getattr(F(lib), op)(t, dim=d))
+        same(op, [x], lambda lib, t, op=op: getattr(F(lib), op)(t, d))
+        same(op, [x], lambda lib, t, op=op: getattr(lib, op)(t, d))
+        same(op, [x], lambda lib, t, op=op: getattr(t, op)(dim=d))
         # dtype=: cast first (float32 in, float64 out; the float32 step rounds, so no finite differences)
-        same(op, [x], lambda lib, t: getattr(F(lib), op)(t.float(), dim=d, dtype=lib.float64), fd=False)
+        same(op, [x], lambda lib, t, op=op: getattr(F(lib), op)(t.float(), dim=d, dtype=lib.float64), fd=False)
 
 
 @given(cross_entropy_cases())
@@ -957,8 +958,8 @@ def test_cross_entropy_of_the_lecture_layout():
 @given(floats(shapes()))
 def test_activations(x):
     for approximate in ("none", "tanh"):
-        same("gelu", [x], lambda lib, t: F(lib).gelu(t, approximate=approximate))
-        same("gelu", [x], lambda lib, t: lib.nn.GELU(approximate=approximate)(t))
+        same("gelu", [x], lambda lib, t, approximate=approximate: F(lib).gelu(t, approximate=approximate))
+        same("gelu", [x], lambda lib, t, approximate=approximate: lib.nn.GELU(approximate=approximate)(t))
     same("gelu", [x], lambda lib, t: F(lib).gelu(t))                            # torch's default: exact
     same("gelu", [x], lambda lib, t: lib.nn.GELU()(t))
     same("tanh", [x], lambda lib, t: F(lib).tanh(t))

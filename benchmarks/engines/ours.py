@@ -96,7 +96,7 @@ class TinygradGPT:
         with no_grad():
             for mode, cache, window in (("kv_cache", True, "shift"), ("no_cache", False, "shift"),
                                         ("kv_cache_slide", True, "slide"), ("no_cache_slide", False, "slide")):
-                def generate(n):                                   # called at once, in this iteration
+                def generate(n, cache=cache, window=window):       # (called at once, in this iteration)
                     return self.model.generate(prompt, n, seed=0, use_cache=cache, window=window)
                 out[mode] = time_generate(generate, n_tokens, self.sync)
         out["speedup"] = out["kv_cache"]["tokens_per_s"] / out["no_cache"]["tokens_per_s"]
