@@ -22,13 +22,8 @@ from safetensors.numpy import load_file, save_file
 
 from no_torch import BLOCK_TORCH
 from tinygrad_gpt import serialization
-from tinygrad_gpt.serialization import (
-    ALLOWED_GLOBALS,
-    SerializationError,
-    UnsafeFileError,
-    load,
-    save,
-)
+from tinygrad_gpt.errors import SerializationError, UnsafeFileError
+from tinygrad_gpt.serialization import ALLOWED_GLOBALS, load, save
 from tinygrad_gpt.tensor import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,17 +8,19 @@ torch-shaped front end: a lecture-style torch script runs here when its imports 
 (SPEC section 8; the README lists the supported names). A torch name outside that set raises UnsupportedError
 naming it. The engine's own API (SPEC section 4: GPT, GPTConfig, AdamW, CharTokenizer, Tensor) is here too.
 """
+__version__ = "0.1.0"  # first: checkpoint.py imports it, whatever the imports below come to load
+
 import numpy as np
 
-from . import backends, cuda, nn, optim
-from .backend import DeviceError, cuda_available, device
+from . import backends, cuda, nn, optim, patterns  # patterns: Tensor's matmul recognises attention from then on
+from .backend import cuda_available, device
 from .creation import (arange, as_tensor, bernoulli, empty, empty_like, eye, from_numpy, full, full_like, linspace,
                        multinomial, normal, ones, ones_like, rand, rand_like, randint, randn, randn_like, randperm,
                        tril, triu, zeros, zeros_like)
 from .data import CharTokenizer
 from .dtypes import (bool, double, float, float16, float32, float64, half, int, int8, int16, int32,  # noqa: A004
                      int64, long, short, uint8)
-from .errors import UnsupportedError, unsupported_getattr
+from .errors import DeviceError, TensorError, UnsupportedError, unsupported_getattr
 from .gradcheck import gradcheck
 from .model import GPT, GPTConfig
 from .ops import (abs, all, allclose, amax, amin, any, argmax, argmin, bmm, cat, chunk, clamp, clip,  # noqa: A004
@@ -29,10 +31,8 @@ from .ops import (abs, all, allclose, amax, amin, any, argmax, argmin, bmm, cat,
 from .optim import AdamW
 from .rng import Generator, get_rng_state, initial_seed, manual_seed, seed, set_rng_state
 from .serialization import load, save
-from .tensor import (Size, Tensor, TensorError, enable_grad, inference_mode, is_grad_enabled, no_grad,
-                     set_grad_enabled, tensor)
-
-__version__ = "0.1.0"
+from .tensor import (Size, Tensor, enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled,
+                     tensor)
 
 dtype = np.dtype                # isinstance(torch.long, torch.dtype)
 

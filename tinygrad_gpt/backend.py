@@ -9,9 +9,7 @@ import sys
 
 import numpy as np
 
-
-class DeviceError(RuntimeError):
-    """A device was asked for that this machine cannot provide, or two devices were mixed."""
+from .errors import DeviceError
 
 
 class Device:
@@ -123,7 +121,7 @@ def array_module(array):
     """NumPy for a NumPy array, else CuPy (the only other backend): for code that holds arrays, not tensors."""
     if isinstance(array, np.ndarray):
         return np
-    import cupy
+    import cupy  # (already loaded: the array is CuPy's) never at the top, see the module docstring
     return cupy
 
 

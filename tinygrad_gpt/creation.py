@@ -11,7 +11,8 @@ import numpy as np
 
 from . import rng as _rng
 from .backend import get_device, to_device
-from .tensor import Tensor, TensorError, _sizes, tensor
+from .errors import TensorError
+from .tensor import Tensor, _sizes, tensor
 
 
 def _make(array, dtype, device, requires_grad):
@@ -102,14 +103,12 @@ def eye(n, m=None, *, dtype=None, device=None, requires_grad=False):
 
 
 def tril(input, diagonal=0):
-    """The lower triangle (and the diagonals up to `diagonal`) of the last two axes; the rest zero. Differentiable."""
-    keep = input.xp.asarray(np.tri(*input.shape[-2:], k=diagonal, dtype=bool))
-    return input.masked_fill(~keep, 0)
+    """The lower triangle (and the diagonals up to `diagonal`) of the last two axes; the rest zero (Tensor.tril)."""
+    return input.tril(diagonal)
 
 
 def triu(input, diagonal=0):
-    keep = input.xp.asarray(~np.tri(*input.shape[-2:], k=diagonal - 1, dtype=bool))
-    return input.masked_fill(~keep, 0)
+    return input.triu(diagonal)
 
 
 # ---- random -------------------------------------------------------------------------------------------------------

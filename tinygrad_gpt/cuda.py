@@ -22,7 +22,7 @@ def current_device():
 def synchronize(device=None):
     """Wait for the GPU's queued work (nothing to do without one)."""
     if cuda_available():
-        import cupy
+        import cupy  # only with a GPU (backend.py's rule: `import tinygrad_gpt` loads no CuPy)
         cupy.cuda.Device().synchronize()
 
 
@@ -36,5 +36,5 @@ manual_seed_all = manual_seed
 
 
 def get_device_name(device=None):
-    import cupy
+    import cupy  # only when asked (backend.py's rule)
     return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()

@@ -11,8 +11,10 @@ What the command line needs to know is the category; cli.py prints the one-line 
 Subclasses exist only where a caller catches one kind apart from the rest of its category (ConfigError,
 DataError, CheckpointError; TrainingDiverged, SaveFailed). Every message is one line meant for the user.
 
-The torch-shaped front end (SPEC section 8) raises what torch would: `UnsupportedError` below for a torch name
-this engine does not provide.
+The torch-shaped front end (SPEC section 8) raises what torch would, so a handler written for torch's exception
+catches ours: TensorError (torch's RuntimeError, NumPy's ValueError), ModuleError, SerializationError and
+UnsafeFileError (ValueErrors), DeviceError (a RuntimeError, and a UsageError: `--device cuda` on a machine without
+one is the user's mistake), UnsupportedError for a torch name this engine does not provide.
 """
 
 
@@ -52,6 +54,30 @@ class SaveFailed(RunFailed):
 
 
 # ---- the torch-shaped front end ----------------------------------------------------------------------------------
+class TensorError(RuntimeError, ValueError):
+    """An argument that does not fit the tensor: shapes that do not broadcast, a reshape to another size, a repeated
+    axis, a split size of 0, the mean of an integer tensor. torch raises RuntimeError where this is raised and NumPy
+    ValueError: this is both, so a handler written for either catches it."""
+
+
+class ModuleError(TensorError):
+    """A state dict that does not fit a module, an assignment a Module refuses."""
+
+
+class SerializationError(ValueError):
+    """A file `load` cannot read as saved tensors (corrupt, truncated, of an unsupported kind); one line."""
+
+
+class UnsafeFileError(SerializationError):
+    """A file whose loading would run code: a pickle asking for a global outside serialization.ALLOWED_GLOBALS, or
+    a plain pickle; refused before anything is unpickled."""
+
+
+class DeviceError(UsageError, RuntimeError):
+    """A device was asked for that this machine cannot provide, or two devices were mixed. A RuntimeError as
+    torch's; a UsageError for the command line (exit status 2)."""
+
+
 SUPPORTED_LIST = "the README's section 'Run your lecture code without torch' lists the supported names"
 
 

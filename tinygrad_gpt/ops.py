@@ -1,9 +1,9 @@
 """torch's top-level functions on tensors (torch.cat, torch.stack, torch.softmax, torch.einsum, ...): most are the
-Tensor method of the same name; the few with no method (stack, einsum, allclose, cumsum) are written here."""
+Tensor method of the same name; the few with no method (stack, einsum, allclose) are written here."""
 import numpy as np
 
-from .errors import UnsupportedError
-from .tensor import Tensor, TensorError, _axis, _promote, maximum, minimum, where  # noqa: F401  (re-exported)
+from .errors import TensorError, UnsupportedError
+from .tensor import Tensor, _axis, _promote, maximum, minimum, where  # noqa: F401  (re-exported)
 
 
 def _t(x):
@@ -213,17 +213,7 @@ def detach(input):
 # ---- functions with no method ---------------------------------------------------------------------------------------
 
 def cumsum(input, dim, dtype=None):
-    """Running sums along dim; the gradient is the reversed running sum of the output's gradient."""
-    x = input if dtype is None else input._cast(dtype)
-    a = _axis(dim, x.ndim, "cumsum")
-    xp = x.xp
-    data = x.data.astype(np.int64) if x.dtype.kind in "biu" else x.data
-    if x.ndim == 0:   # a 0-d tensor is its own running sum (NumPy's cumsum would make it 1-D)
-        return Tensor._make(xp.array(data), (x,), lambda g: (g,), "cumsum")
-
-    def backward(g):
-        return (xp.flip(xp.cumsum(xp.flip(g, a), axis=a), a),)
-    return Tensor._make(xp.cumsum(data, axis=a), (x,), backward, "cumsum")
+    return input.cumsum(dim, dtype)
 
 
 def allclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):

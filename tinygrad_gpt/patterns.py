@@ -127,6 +127,9 @@ def scores(a, b):
                     (a, b))
 
 
+Tensor._attention_scores = staticmethod(scores)   # what Tensor.__matmul__ asks first (tensor.py cannot import this)
+
+
 def _scaled(node, other, divide):
     """scores * c or scores / c (c a number): pending, its total scale kept for the fused core."""
     kind = node._pattern

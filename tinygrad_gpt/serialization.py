@@ -32,20 +32,12 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save as st_save
 
+from .errors import SerializationError, UnsafeFileError
 from .fileio import replace_file
 from .tensor import Tensor
 
 TREE_KEY = "tinygrad_gpt.tree"           # the safetensors metadata entry that holds the tree
 TREE_VERSION = 1
-
-
-class SerializationError(ValueError):
-    """A file `load` cannot read as saved tensors (corrupt, truncated, of an unsupported kind); one line."""
-
-
-class UnsafeFileError(SerializationError):
-    """A file whose loading would run code: a pickle asking for a global outside ALLOWED_GLOBALS, or a plain
-    pickle; refused before anything is unpickled."""
 
 
 # ---- dtypes --------------------------------------------------------------------------------------------------------

@@ -35,16 +35,9 @@ import operator
 import numpy as np
 
 from . import rng as _rng
-from .backend import CPU, DeviceError, device_of, get_device, to_device, to_host
-from .errors import UnsupportedError
+from .backend import CPU, device_of, get_device, to_device, to_host
+from .errors import DeviceError, TensorError, UnsupportedError
 from .kernels import twin
-
-
-class TensorError(RuntimeError, ValueError):
-    """An argument that does not fit the tensor: shapes that do not broadcast, a reshape to another size, a repeated
-    axis, a split size of 0, the mean of an integer tensor. torch raises RuntimeError where this is raised and NumPy
-    ValueError: this is both, so a handler written for either catches it."""
-
 
 _grad_enabled = True
 
@@ -1537,9 +1530,13 @@ class Tensor:
         return self.split(max(1, -(-n // chunks)), dim)
 
     # ---- matmul ----------------------------------------------------------------------------------------------
+    # patterns.scores: q @ kT as the first pending node of the attention chain, or None. patterns.py builds on Tensor,
+    # so it sets this when it is imported (tinygrad_gpt/__init__.py imports it), instead of tensor.py importing it
+    _attention_scores = staticmethod(lambda a, b: None)
+
     def __matmul__(self, other):
         if isinstance(other, Tensor) and self._op is not None and other._op is not None:
-            pending = _patterns.scores(self, other)     # attention scores q @ kT: made when read (patterns.py)
+            pending = self._attention_scores(self, other)   # attention scores q @ kT: made when read (patterns.py)
             if pending is not None:
                 return pending
         other = self._lift(other)
@@ -1635,16 +1632,27 @@ class Tensor:
                             "masked_fill")
 
     def cumsum(self, dim, dtype=None):
-        from .ops import cumsum
-        return cumsum(self, dim, dtype)
+        """Running sums along dim; the gradient is the reversed running sum of the output's gradient."""
+        x = self if dtype is None else self._cast(dtype)
+        a = _axis(dim, x.ndim, "cumsum")
+        xp = x.xp
+        data = x.data.astype(np.int64) if x.dtype.kind in "biu" else x.data
+        if x.ndim == 0:   # a 0-d tensor is its own running sum (NumPy's cumsum would make it 1-D)
+            return Tensor._make(xp.array(data), (x,), lambda g: (g,), "cumsum")
+
+        def backward(g):
+            return (xp.flip(xp.cumsum(xp.flip(g, a), axis=a), a),)
+        return Tensor._make(xp.cumsum(data, axis=a), (x,), backward, "cumsum")
 
     def tril(self, diagonal=0):
-        from .creation import tril
-        return tril(self, diagonal)
+        """The lower triangle (and the diagonals up to `diagonal`) of the last two axes; the rest zero.
+        Differentiable."""
+        keep = self.xp.asarray(np.tri(*self.shape[-2:], k=diagonal, dtype=bool))
+        return self.masked_fill(~keep, 0)
 
     def triu(self, diagonal=0):
-        from .creation import triu
-        return triu(self, diagonal)
+        keep = self.xp.asarray(~np.tri(*self.shape[-2:], k=diagonal - 1, dtype=bool))
+        return self.masked_fill(~keep, 0)
 
     # ---- dtype conversions (torch's names; last in the class: `float`, `int`, `bool` would shadow the builtins in
     # the class body above) -----------------------------------------------------------------------------------------
@@ -1785,6 +1793,3 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
         arr = arr.astype(dtype, copy=False)
     return Tensor(arr, requires_grad=requires_grad, device=dev)
 
-
-# the attention chain (patterns.py) builds on Tensor: imported last, when Tensor and the helpers above exist
-from . import patterns as _patterns  # noqa: E402

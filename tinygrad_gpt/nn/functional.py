@@ -14,8 +14,8 @@ import numpy as np
 from .. import fused, patterns
 from .. import rng as _rng
 from ..backend import array_module
-from ..errors import UnsupportedError, unsupported_getattr
-from ..tensor import Tensor, TensorError
+from ..errors import TensorError, UnsupportedError, unsupported_getattr
+from ..tensor import Tensor
 
 __getattr__ = unsupported_getattr("torch.nn.functional")
 

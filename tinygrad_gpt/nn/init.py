@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from .. import rng as _rng
 from ..errors import unsupported_getattr
 from ..tensor import no_grad
 
@@ -76,7 +77,6 @@ def kaiming_normal_(tensor, a=0, mode="fan_in", nonlinearity="leaky_relu", gener
 
 def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None):
     """N(mean, std^2) restricted to [a, b] (redrawn until inside)."""
-    from .. import rng as _rng
     g = _rng.numpy_generator(generator)
     out = g.normal(mean, std, tensor.shape)
     bad = (out < a) | (out > b)

@@ -19,7 +19,9 @@ import numpy as np
 from .. import fused, patterns
 from .. import rng as _rng
 from ..backend import get_device, to_device
-from ..tensor import Tensor, TensorError, _is_dtype, no_grad, zero_grads
+from ..errors import ModuleError
+from ..tensor import Tensor, _is_dtype, no_grad, zero_grads
+from . import functional as F
 
 
 class Parameter(Tensor):
@@ -34,10 +36,6 @@ class Parameter(Tensor):
 
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()
-
-
-class ModuleError(TensorError):
-    """A state dict that does not fit a module, an assignment a Module refuses."""
 
 
 IncompatibleKeys = collections.namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -515,8 +513,7 @@ class Embedding(Module):
             self.weight.data[padding_idx] = 0
 
     def forward(self, idx):
-        from .functional import embedding
-        return embedding(idx, self.weight, self.padding_idx)
+        return F.embedding(idx, self.weight, self.padding_idx)
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}"
@@ -535,8 +532,7 @@ class LayerNorm(Module):
         self.bias = init.constant(shape, 0.0) if elementwise_affine and bias else None
 
     def forward(self, x):
-        from .functional import layer_norm
-        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}"
@@ -560,8 +556,7 @@ class Dropout(Module):
 
     def mask(self, shape, xp=np):
         if self.source is None:
-            from .functional import keep_mask
-            return keep_mask(shape, self.p, xp)
+            return F.keep_mask(shape, self.p, xp)
         return xp.asarray(self.source(shape))
 
     def forward(self, x):
@@ -647,9 +642,8 @@ class CrossEntropyLoss(Module):
             weight, ignore_index, reduction, label_smoothing
 
     def forward(self, input, target):
-        from .functional import cross_entropy
-        return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
-                             reduction=self.reduction, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)
 
 
 class MSELoss(Module):
@@ -658,5 +652,4 @@ class MSELoss(Module):
         self.reduction = reduction
 
     def forward(self, input, target):
-        from .functional import mse_loss
-        return mse_loss(input, target, reduction=self.reduction)
+        return F.mse_loss(input, target, reduction=self.reduction)

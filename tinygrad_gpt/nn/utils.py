@@ -3,6 +3,7 @@ import numpy as np
 
 from ..backend import array_module
 from ..errors import unsupported_getattr
+from ..ops import cat
 from ..optim import _clip_coefficient
 from ..tensor import Tensor
 
@@ -36,5 +37,4 @@ def clip_grad_value_(parameters, clip_value, foreach=None):
 
 
 def parameters_to_vector(parameters):
-    from ..ops import cat
     return cat([p.reshape(-1) for p in parameters])
