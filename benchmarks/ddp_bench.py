@@ -79,7 +79,7 @@ def worker(config, steps, warmup, out):
               "step_ms": [s * 1e3 for s in step_s], "allreduce_ms": [s * 1e3 for s in comm_s]}
     # compute CPU time per step, the slowest rank's: what the step would take on idle cores, before communication
     per_rank = dist.comm.allgather(cpu_s) if dist else [cpu_s]
-    result["compute_cpu_ms"] = [max(ts) * 1e3 for ts in zip(*per_rank)]
+    result["compute_cpu_ms"] = [max(ts) * 1e3 for ts in zip(*per_rank, strict=True)]
     if dist and dist.size > 1:
         result["isolated_allreduce_ms"] = _isolated(dist, dist.buf, repeats=20)
         big = np.zeros(LECTURE_PARAMS + 2, np.float32)
@@ -97,7 +97,7 @@ def _isolated(dist, buf, repeats):
         dist._allreduce(buf)
         times.append(time.perf_counter() - t0)
     per_rank = dist.comm.allgather(times[1:])            # a collective takes as long as its slowest rank
-    return [max(ts) * 1e3 for ts in zip(*per_rank)]
+    return [max(ts) * 1e3 for ts in zip(*per_rank, strict=True)]
 
 
 # ---- the driver --------------------------------------------------------------------------------------------------

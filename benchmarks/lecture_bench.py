@@ -315,7 +315,7 @@ def run_config(bc, names, threads, work):
     say(f"config {bc.name}: {bc.describe()}, dropout {DROPOUT} (check {bc.check_steps} steps with dropout 0, "
         f"{bc.check_runs} perturbed reference runs; warm-up {bc.warmup}, {bc.rounds} rounds x {bc.block} steps)")
     init, batches = os.path.join(work, f"{bc.name}.init.npz"), os.path.join(work, f"{bc.name}.check.npz")
-    xs, ys = zip(*(protocol.make_batch(bc, protocol.CHECK_SEED + i) for i in range(bc.check_steps)))
+    xs, ys = zip(*(protocol.make_batch(bc, protocol.CHECK_SEED + i) for i in range(bc.check_steps)), strict=True)
     np.savez(batches, x=np.stack(xs), y=np.stack(ys))                        # (K, B, T) each
 
     def log(name):

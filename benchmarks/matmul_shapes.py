@@ -302,7 +302,8 @@ def _main_blas(bc, args):
               "processes):")
         for c in choices:
             ms = res[c]["step_ms"]
-            each = ", ".join(f"{t:.2f}" + ("" if b is None else f" [{b:.2f}]") for t, b in zip(ms, res[c]["busy"]))
+            each = ", ".join(f"{t:.2f}" + ("" if b is None else f" [{b:.2f}]")
+                             for t, b in zip(ms, res[c]["busy"], strict=True))
             print(f"  {c}: {float(np.median(res[c]['quiet_step_ms'])):.2f}  (every process [CPUs other processes kept "
                   f"busy meanwhile]: {each})")
     if busy:

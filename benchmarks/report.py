@@ -290,7 +290,7 @@ def chart(results, path):
     if not configs:
         return None
     fig, axes = plt.subplots(1, len(configs), figsize=(max(6.5, 4.4 * len(configs)), 4.4), squeeze=False)
-    for ax, (cname, c) in zip(axes[0], configs):
+    for ax, (cname, c) in zip(axes[0], configs, strict=True):
         names = [n for n in engine_order(results) if "step" in c["engines"].get(n, {})]
         med = np.array([c["engines"][n]["step"]["median_ms"] for n in names])
         lo = med - [c["engines"][n]["step"]["q1_ms"] for n in names]

@@ -161,7 +161,7 @@ def write_inputs(bc, folder):
     sd = {k: v.numpy() for k, v in GPT(GPTConfig(**bc.gpt_config()), seed=protocol.INIT_SEED).state_dict().items()}
     init = os.path.join(folder, f"{bc.name}.init.safetensors")
     save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, init)
-    xs, ys = zip(*(protocol.make_batch(bc, protocol.CHECK_SEED + i) for i in range(bc.check_steps)))
+    xs, ys = zip(*(protocol.make_batch(bc, protocol.CHECK_SEED + i) for i in range(bc.check_steps)), strict=True)
     batches = os.path.join(folder, f"{bc.name}.check.npz")
     np.savez(batches, x=np.stack(xs), y=np.stack(ys))                    # (K, B, T) each
     return init, batches, sum(v.size for v in sd.values())
@@ -410,7 +410,7 @@ def blas_floor(procs, bc, settings, rounds=None):
         if got[name] is None:
             got[name] = out
         else:
-            for acc, new in zip(got[name]["products"], out["products"]):
+            for acc, new in zip(got[name]["products"], out["products"], strict=True):
                 acc["samples"] += new["samples"]
         return []
     _, errors = take_turns(chosen, rounds or bc.rounds, settings.settle_s, call, settings.watch)

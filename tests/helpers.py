@@ -101,24 +101,24 @@ def compare(ours_fn, torch_fn, inputs, ours_params=None, torch_params=None, *, g
         torch_in.append(torch.tensor(x, requires_grad=grad and is_float))
     ours, theirs = _as_list(ours_fn(*ours_in)), _as_list(torch_fn(*torch_in))
     assert len(ours) == len(theirs), f"{len(ours)} outputs, torch gives {len(theirs)}"
-    for o, t in zip(ours, theirs):
+    for o, t in zip(ours, theirs, strict=True):
         assert o.dtype == t.detach().numpy().dtype, f"output dtype {o.dtype}, torch {t.dtype}"
-    errors = {"forward": max((rel_err(o.numpy(), t.detach().numpy(), floor) for o, t in zip(ours, theirs)),
+    errors = {"forward": max((rel_err(o.numpy(), t.detach().numpy(), floor) for o, t in zip(ours, theirs, strict=True)),
                              default=0.0)}
     if not grad or not ours:  # (a split into no pieces has no output to differentiate)
         return errors
 
     # its own stream: drawn from the inputs' seed, dout would be proportional to the input (LayerNorm then cancels)
     rng = np.random.default_rng((seed, 0xD0))
-    douts = [rng.standard_normal(t.shape).astype(o.dtype) for o, t in zip(ours, theirs)]
+    douts = [rng.standard_normal(t.shape).astype(o.dtype) for o, t in zip(ours, theirs, strict=True)]
     with np.errstate(invalid="ignore"):  # only differentiated: outputs holding -inf (masked_fill) may sum to nan
-        loss = sum((o * Tensor(d, device=o.device)).sum() for o, d in zip(ours, douts))
-    torch_loss = sum((t * torch.from_numpy(d)).sum() for t, d in zip(theirs, douts))
+        loss = sum((o * Tensor(d, device=o.device)).sum() for o, d in zip(ours, douts, strict=True))
+    torch_loss = sum((t * torch.from_numpy(d)).sum() for t, d in zip(theirs, douts, strict=True))
     if loss.requires_grad:  # else no input reaches the output: every gradient must then be None or zero
         loss.backward()
     if torch_loss.requires_grad:
         torch_loss.backward()
-    for i, (o, t) in enumerate(zip(ours_in, torch_in)):
+    for i, (o, t) in enumerate(zip(ours_in, torch_in, strict=True)):
         if isinstance(o, Tensor):
             errors[f"grad input {i}"] = _grad_err(o.grad, t.grad, f"input {i}", o.shape, floor)
     for name, p in ours_params.items():
@@ -206,10 +206,10 @@ def query_blocks(n):
     names = ("QUERY_BLOCK", "QUERY_BLOCK_MIN")
     saved = [getattr(tuning, k) for k in names]
     if n is not None:
-        for name, value in zip(names, (n, 1)):
+        for name, value in zip(names, (n, 1), strict=True):
             setattr(tuning, name, value)
     try:
         yield
     finally:
-        for name, value in zip(names, saved):
+        for name, value in zip(names, saved, strict=True):
             setattr(tuning, name, value)

@@ -89,7 +89,8 @@ def test_round_trip(saved):
     o = c.optimizer_state(names)
     ref = opt.state_dict()
     assert o["step"] == ref["step"] == 2
-    assert all(np.array_equal(a, b) for a, b in zip(o["exp_avg"] + o["exp_avg_sq"], ref["exp_avg"] + ref["exp_avg_sq"]))
+    assert all(np.array_equal(a, b)
+               for a, b in zip(o["exp_avg"] + o["exp_avg_sq"], ref["exp_avg"] + ref["exp_avg_sq"], strict=True))
     rng = np.random.default_rng()
     rng.bit_generator.state = c.meta["rng"]["model"]
     assert rng.random() == model.rng.random()
@@ -121,7 +122,8 @@ def test_resumed_optimizer_continues_exactly(saved):
         o.zero_grad()
         loss.backward()
         o.step()
-    assert all(np.array_equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+    assert all(np.array_equal(a, b)
+               for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True))
 
 
 def test_bias_free_config_round_trips(tmp_path):

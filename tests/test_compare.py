@@ -62,9 +62,9 @@ def test_rows_are_the_logged_numbers(capsys, runs):
         assert row["best_val_loss"] == best_of(recs) == min(r["val_loss"] for r in recs[1:])   # step 0 is not saved
         assert row["best_val_change_pct"] == 100 * (best_of(recs) - base_best) / base_best
         # the run's rate: each logged rate covers the steps since the record before it
-        steps = [b["step"] - a["step"] for a, b in zip(recs, recs[1:])]
+        steps = [b["step"] - a["step"] for a, b in zip(recs, recs[1:], strict=False)]
         rates = [r["tokens_per_s"] for r in recs[1:]]
-        assert row["tokens_per_s"] == pytest.approx(sum(steps) / sum(s / t for s, t in zip(steps, rates)))
+        assert row["tokens_per_s"] == pytest.approx(sum(steps) / sum(s / t for s, t in zip(steps, rates, strict=True)))
         assert row["ranks"] == 1 and row["evaluations"] == len(recs)
     assert rows["base"]["best_val_change_pct"] == 0.0
     assert rows["base"]["changes"] == {} and rows["deeper"]["changes"] == {"n_layer": [1, 2]}
@@ -92,7 +92,7 @@ def test_the_table(capsys, runs):
     assert f"{recs[-1]['train_loss']:.4f}" in deeper and f"{pct:+.2f}%" in deeper and "8/8" in deeper
     # numbers are right-aligned: each row's best val ends where the header's does
     end = head.index("best val") + len("best val")
-    for row, name in zip(body, ("base", "deeper", "hugo")):
+    for row, name in zip(body, ("base", "deeper", "hugo"), strict=True):
         assert row[:end].endswith(f"{best_of(log(runs[name])):.4f}")
 
 

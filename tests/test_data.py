@@ -145,12 +145,12 @@ def test_sampler_is_seeded_and_its_state_restores():
     ids = np.arange(1000, dtype=np.int64)
     a, b = BatchSampler(ids, 16, 4, seed=7), BatchSampler(ids, 16, 4, seed=7)
     for _ in range(3):
-        assert all((u == v).all() for u, v in zip(a.sample(), b.sample()))
+        assert all((u == v).all() for u, v in zip(a.sample(), b.sample(), strict=True))
     state = a.state
     expected = [a.sample() for _ in range(3)]
     c = BatchSampler(ids, 16, 4, seed=123)
     c.state = state
-    for (ex, ey), (x, y) in zip(expected, [c.sample() for _ in range(3)]):
+    for (ex, ey), (x, y) in zip(expected, [c.sample() for _ in range(3)], strict=True):
         assert (ex == x).all() and (ey == y).all()
 
 
@@ -158,7 +158,7 @@ def test_fixed_batches_are_the_same_every_time_and_leave_other_streams_alone():
     ids = np.arange(500, dtype=np.int64)
     one = fixed_batches(ids, 8, 4, 3, seed=[1, 3])
     two = fixed_batches(ids, 8, 4, 3, seed=[1, 3])
-    assert len(one) == 3 and all((a[0] == b[0]).all() for a, b in zip(one, two))
+    assert len(one) == 3 and all((a[0] == b[0]).all() for a, b in zip(one, two, strict=True))
 
 
 def test_too_few_tokens_for_a_window():

@@ -161,7 +161,7 @@ def test_two_ranks_match_one_process_with_the_whole_batch(equivalence):
     np.testing.assert_allclose(ddp["losses"], one["losses"], rtol=2 * GAMMA, atol=0)
     a, b = log(equivalence["ddp_dir"]), log(equivalence["one_dir"])
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 10, 20]
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         for key in ("train_loss", "val_loss"):
             assert abs(ra[key] - rb[key]) <= 2 * GAMMA * rb[key], (ra, rb)
     ddp64, one64 = equivalence["ddp64"], equivalence["one64"]

@@ -174,7 +174,7 @@ def test_checkpoint_state_moves_between_devices():
     back.load_state_dict(cpu.state_dict())
     for k, v in back.state_dict().items():
         np.testing.assert_array_equal(v, sd[k])
-    for a, b in zip(cpu_opt.state_dict()["exp_avg"], osd["exp_avg"]):
+    for a, b in zip(cpu_opt.state_dict()["exp_avg"], osd["exp_avg"], strict=True):
         np.testing.assert_array_equal(a, b)
 
 

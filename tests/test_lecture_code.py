@@ -40,7 +40,7 @@ VARIANTS = ("head", "embd", "div", "peek", "sdpa")
 
 def swap_imports(text):
     """What a user does: the three torch import lines become tinygrad_gpt's, nothing else changes."""
-    for theirs, ours in zip(TORCH_IMPORTS, OUR_IMPORTS):
+    for theirs, ours in zip(TORCH_IMPORTS, OUR_IMPORTS, strict=True):
         assert text.count(theirs) == 1
         text = text.replace(theirs, ours)
     return text
@@ -165,7 +165,7 @@ def test_peeked_attention_weights_are_torchs():
     x, _ = batch()
     theirs(torch.from_numpy(x))
     ours(OURS.torch.tensor(x))
-    for th, oh in zip(theirs.blocks[0].sa.heads, ours.blocks[0].sa.heads):
+    for th, oh in zip(theirs.blocks[0].sa.heads, ours.blocks[0].sa.heads, strict=True):
         assert abs(oh.entropy.item() - th.entropy.item()) <= TOL64_FWD * abs(th.entropy.item())
 
 
@@ -188,7 +188,7 @@ def test_chains_the_pattern_does_not_fit_run_on_the_plain_ops(attention_calls):
             out = fn(M, F, *[t * 1 for t in leaves])
             (out * M.tensor(np.cos(np.arange(out.numel())).reshape(tuple(out.shape)))).sum().backward()
             grads[M.__name__] = [np.asarray(out.detach().numpy())] + [t.grad.numpy() for t in leaves]
-        for a, b in zip(grads["tinygrad_gpt"], grads["torch"]):
+        for a, b in zip(grads["tinygrad_gpt"], grads["torch"], strict=True):
             assert rel_err(a, b) <= TOL64_GRAD, name
     assert not attention_calls
 
@@ -206,7 +206,7 @@ def test_pending_scores_read_before_the_chain_ends():
         w = F.softmax(s.masked_fill(M.tril(M.ones(5, 5)) == 0, float("-inf")), dim=-1)
         outs[M.__name__] = (first, w.numpy().copy(), (w @ v).numpy())
     assert outs["tinygrad_gpt"][0] == pytest.approx(outs["torch"][0], rel=1e-14)
-    for a, b in zip(outs["tinygrad_gpt"][1:], outs["torch"][1:]):
+    for a, b in zip(outs["tinygrad_gpt"][1:], outs["torch"][1:], strict=True):
         assert rel_err(a, b) <= TOL64_FWD
 
 

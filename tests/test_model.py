@@ -329,7 +329,7 @@ def test_forward_with_the_cache_in_chunks_equals_the_whole_forward(cfg, seed, da
     cuts = sorted(set(data.draw(st.lists(st.integers(1, T - 1), max_size=4)))) if T > 1 else []
     cache = model.new_cache(2)
     with no_grad():
-        parts = [model(idx[:, a:b], cache=cache)[0].numpy() for a, b in zip([0] + cuts, cuts + [T])]
+        parts = [model(idx[:, a:b], cache=cache)[0].numpy() for a, b in zip([0] + cuts, cuts + [T], strict=True)]
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=0, atol=1e-13 * np.abs(full).max())
     assert all(layer.pos == T for layer in cache)
 

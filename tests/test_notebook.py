@@ -103,7 +103,7 @@ def test_stored_notebook_has_no_outputs_and_only_the_three_engine_imports():
                 imports.append((i, ast.get_source_segment(source, node)))
     modules = [text.split()[1] for _, text in imports]
     assert not [m for m in modules if m == "torch" or m.startswith("torch.")], imports
-    engine = [(i, text) for (i, text), m in zip(imports, modules) if m.split(".")[0] == "tinygrad_gpt"]
+    engine = [(i, text) for (i, text), m in zip(imports, modules, strict=True) if m.split(".")[0] == "tinygrad_gpt"]
     assert engine == [(0, line) for line in ENGINE_IMPORTS]
     assert _source(code[0]).splitlines()[:3] == ENGINE_IMPORTS
 

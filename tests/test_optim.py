@@ -47,7 +47,7 @@ def make_params(rng, dtype, shapes=SHAPES):
 
 
 def set_grads(ours, theirs, grads):
-    for p, q, g in zip(ours, theirs, grads):
+    for p, q, g in zip(ours, theirs, grads, strict=True):
         p.grad = None if g is None else g.copy()
         q.grad = None if g is None else torch.from_numpy(g.copy())
 
@@ -65,12 +65,12 @@ class Checker:
 
     def set_grads(self, grads):
         set_grads(self.ours, self.theirs, grads)
-        self.gmax = [m if g is None else max(m, float(np.abs(g).max())) for m, g in zip(self.gmax, grads)]
+        self.gmax = [m if g is None else max(m, float(np.abs(g).max())) for m, g in zip(self.gmax, grads, strict=True)]
 
     def check(self):
         self.step += 1
         tol = adam_tol(self.dtype, self.step, self.betas)
-        for i, (p, q) in enumerate(zip(self.ours, self.theirs)):
+        for i, (p, q) in enumerate(zip(self.ours, self.theirs, strict=True)):
             q = q.detach().numpy()
             self.scale[i] = max(self.scale[i], float(np.abs(q).max()))
             err = float(np.abs(p.data - q).max()) / max(self.scale[i], self.floor)

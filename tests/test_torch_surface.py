@@ -80,7 +80,7 @@ def exact(ours, theirs, what=""):
         assert np.array_equal(got, want, equal_nan=got.dtype.kind == "f"), f"{what}: {got} != torch's {want}"
     elif isinstance(theirs, (list, tuple)):
         assert isinstance(ours, (list, tuple)) and len(ours) == len(theirs), f"{what}: {ours!r} vs torch's {theirs!r}"
-        for i, (o, t) in enumerate(zip(ours, theirs)):
+        for i, (o, t) in enumerate(zip(ours, theirs, strict=True)):
             exact(o, t, f"{what}[{i}]")
     else:
         assert type(ours) is type(theirs), f"{what}: {type(ours).__name__}, torch {type(theirs).__name__}"
@@ -1349,7 +1349,7 @@ def test_clip_grad_norm(max_norm, seed):
 
     def run(lib):
         params = [lib.nn.Parameter(lib.zeros(s, dtype=lib.float64)) for s in shapes_]
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p.grad = lib.tensor(g)
         params.append(lib.nn.Parameter(lib.zeros(2, dtype=lib.float64)))            # no gradient: skipped
         norm = lib.nn.utils.clip_grad_norm_(params, max_norm)
@@ -1357,7 +1357,7 @@ def test_clip_grad_norm(max_norm, seed):
     (norm, clipped), (tnorm, tclipped) = run_both(run)
     assert norm.dtype == np.float64 and norm.shape == ()
     assert rel_err(norm.numpy(), tnorm.numpy()) <= TOL
-    for g, tg_ in zip(clipped, tclipped):
+    for g, tg_ in zip(clipped, tclipped, strict=True):
         assert rel_err(g.numpy(), tg_.numpy()) <= TOL
 
 
@@ -1412,8 +1412,8 @@ def test_optimizers_follow_torch_step_by_step(name, groups, set_to_none, seed):
         return trail, [g["lr"] for g in opt.param_groups]
     (ours, ours_lr), (theirs, theirs_lr) = run_both(run)
     assert ours_lr == theirs_lr
-    for step, (o, t) in enumerate(zip(ours, theirs)):
-        for i, (a, b) in enumerate(zip(o, t)):
+    for step, (o, t) in enumerate(zip(ours, theirs, strict=True)):
+        for i, (a, b) in enumerate(zip(o, t, strict=True)):
             assert rel_err(a, b) <= TOL, f"{name}: step {step}, parameter {i}: {rel_err(a, b):.3g}"
 
 
@@ -1429,7 +1429,7 @@ def test_optimizer_skips_parameters_without_gradients_as_torch():
             opt.step()
         return [p.detach().numpy() for p in model.parameters()]
     ours, theirs = run_both(run)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         assert rel_err(a, b) <= TOL
 
 
