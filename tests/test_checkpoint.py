@@ -12,6 +12,7 @@ from safetensors.numpy import save as st_save
 
 from tinygrad_gpt import checkpoint as ck
 from tinygrad_gpt.data import CharTokenizer
+from tinygrad_gpt.errors import CheckpointError
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.optim import AdamW
 
@@ -67,7 +68,7 @@ def saved(tmp_path):
 
 
 def one_line_error(path, match):
-    with pytest.raises(ck.CheckpointError, match=match) as e:
+    with pytest.raises(CheckpointError, match=match) as e:
         ck.load(path)
     assert "\n" not in str(e.value)
     return str(e.value)
@@ -132,7 +133,7 @@ def test_bias_free_config_round_trips(tmp_path):
     ck.save(tmp_path / "c", model, TOK, 0)
     c = ck.load(tmp_path / "c")
     assert c.optim_state is None and c.config == cfg
-    with pytest.raises(ck.CheckpointError, match="no optimizer state"):
+    with pytest.raises(CheckpointError, match="no optimizer state"):
         c.optimizer_state([])
 
 
@@ -358,7 +359,7 @@ def test_sampling_verifies_the_optimizer_file_too(saved):
     data = bytearray((path / "optim.safetensors").read_bytes())
     data[100] ^= 1
     (path / "optim.safetensors").write_bytes(bytes(data))
-    with pytest.raises(ck.CheckpointError, match="optim.safetensors is corrupt"):
+    with pytest.raises(CheckpointError, match="optim.safetensors is corrupt"):
         ck.load(path, with_optimizer=False)
 
 
@@ -375,7 +376,7 @@ def test_every_single_bit_flip_in_meta_is_caught_or_harmless(saved):
         (path / "meta.json").write_bytes(bytes(data))
         try:
             meta = ck.load(path).meta
-        except ck.CheckpointError as e:
+        except CheckpointError as e:
             assert "\n" not in str(e)
         else:
             assert meta == expected, f"byte {i}: a changed meta.json loaded"
@@ -429,9 +430,9 @@ def test_optimizer_step_counts_follow_the_parameter_names(tmp_path):
 
 def test_only_a_training_runs_checkpoint_can_resume(saved, tmp_path):
     path, model, opt = saved
-    with pytest.raises(ck.CheckpointError, match="lacks what resuming a run needs: train, data, elapsed_s, val_loss"):
+    with pytest.raises(CheckpointError, match="lacks what resuming a run needs: train, data, elapsed_s, val_loss"):
         ck.load(path).check_resumable()
-    with pytest.raises(ck.CheckpointError, match="val_loss, optim.safetensors$"):
+    with pytest.raises(CheckpointError, match="val_loss, optim.safetensors$"):
         ck.load(path, with_optimizer=False).check_resumable()
 
 
@@ -445,7 +446,7 @@ def test_resolve_prefers_best_then_last(tmp_path):
     assert ck.resolve(run) == run / "best"
     assert ck.resolve(run / "last") == run / "last"
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ck.CheckpointError, match="holds no tinygrad_gpt checkpoint"):
+    with pytest.raises(CheckpointError, match="holds no tinygrad_gpt checkpoint"):
         ck.resolve(tmp_path / "empty")
-    with pytest.raises(ck.CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         ck.resolve(Path(tmp_path / "nowhere"))

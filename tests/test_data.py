@@ -10,13 +10,13 @@ from tinygrad_gpt.data import (
     BatchSampler,
     CharTokenizer,
     Corpus,
-    DataError,
     fixed_batches,
     load_corpus,
     min_corpus_length,
     read_corpus,
     split_point,
 )
+from tinygrad_gpt.errors import DataError
 
 
 def write(path, data):

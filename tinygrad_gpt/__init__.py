@@ -47,12 +47,12 @@ def compile(model=None, **kwargs):  # noqa: A001  (torch.compile)
 
 def set_num_threads(n):
     """The threads of this process's CPU kernels (numba's pool; the BLAS runs single-threaded inside them)."""
-    import numba
+    import numba  # when asked: `import tinygrad_gpt` loads no numba
     numba.set_num_threads(n)
 
 
 def get_num_threads():
-    import numba
+    import numba  # (as above)
     return numba.get_num_threads()
 
 

@@ -38,8 +38,13 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from .data import CharTokenizer, DataError
-from .fileio import fsync_dir as _fsync_dir, write_file as _write_file
+from . import __version__, lecture, rng
+from .backend import get_device
+from .data import CharTokenizer
+from .errors import CheckpointError
+from .fileio import fsync_dir as _fsync_dir
+from .fileio import write_file as _write_file
+from .model import GPT, GPTConfig, parameter_shapes
 
 FORMAT = "tinygrad_gpt.checkpoint"
 FORMAT_VERSION = 2
@@ -47,10 +52,6 @@ MODEL_FILE, OPTIM_FILE, META_FILE = "model.safetensors", "optim.safetensors", "m
 META_DIGEST = "meta_sha256"
 # what a training run stores besides the model, and `--resume` needs (train.py writes them)
 RESUME_FIELDS = ("optimizer", "rng", "train", "data", "elapsed_s", "best_val_loss", "val_loss")
-
-
-class CheckpointError(Exception):
-    """A checkpoint that is missing, truncated, corrupt, foreign or too new; the message is one line."""
 
 
 @dataclasses.dataclass
@@ -63,7 +64,6 @@ class Checkpoint:
 
     @property
     def config(self):
-        from .model import GPTConfig
         return GPTConfig(**self.meta["config"])
 
     @property
@@ -77,10 +77,8 @@ class Checkpoint:
     def build_model(self, device="cpu"):
         """The model (a GPT, or the lecture rung meta.json names) with this checkpoint's weights. Raises
         CheckpointError when they do not fit."""
-        from .model import GPT
         spec = self.meta.get("model")
         if spec is not None:
-            from . import lecture, rng
             with rng.preserved():                           # building draws weights: leave the user's stream alone
                 model = lecture.build(spec["rung"], dict(spec["hp"])).to(device)
         else:
@@ -126,7 +124,6 @@ def save(path, model, tokenizer, step, optimizer=None, optimizer_names=None, met
     (RNG states, best_val_loss, train settings, ...), each checked against the meta.json schema below (ValueError
     for one it does not know or of the wrong type).
     """
-    from . import __version__
     path = Path(path)
     state = {k: np.ascontiguousarray(v.numpy(), dtype=np.float32) for k, v in model.state_dict().items()}
     files = {MODEL_FILE: st_save(state, metadata={"format": FORMAT})}
@@ -250,6 +247,17 @@ def load(path, with_optimizer=True):
             _check_tensors(path, OPTIM_FILE, optim_state, {f"{kind}.{n}": shape for kind in ("exp_avg", "exp_avg_sq")
                                                            for n, shape in params.items()})
     return Checkpoint(path, meta, model_state, optim_state)
+
+
+def load_model(path, device="cpu"):
+    """(model in eval mode, tokenizer, Checkpoint) from `path`, a run directory (its best checkpoint, else its last)
+    or a checkpoint directory; the optimizer's moments are verified, not kept. Raises DeviceError before reading
+    anything for a device this machine lacks, CheckpointError for an unusable checkpoint."""
+    device = get_device(device)
+    ckpt = load(resolve(path), with_optimizer=False)
+    model = ckpt.build_model(device)
+    model.eval()
+    return model, ckpt.tokenizer, ckpt
 
 
 def _read_meta(path):
@@ -396,7 +404,6 @@ _FILE = _record({"bytes": _integer(0), "sha256": _sha256})
 
 
 def _meta_schema(version):
-    from .model import GPTConfig
     by_type = {int: _integer(), float: _number(), bool: _boolean, str: _string}
     fields = {
         "format": _equals(FORMAT),
@@ -437,14 +444,13 @@ def _check_meta_values(path, meta):
     optimizer's parameters and step counts, the data-parallel streams. Returns the state dict's shapes the config
     implies, {name: shape}, and the parameters' (the same for the GPT; a lecture rung's state dict holds buffers
     too), read from the model itself (model.parameter_shapes, lecture.parameter_shapes)."""
-    from .model import GPTConfig, parameter_shapes
 
     def bad(message):
         return CheckpointError(f"checkpoint {path}: {META_FILE}: {message}")
     try:
         cfg = GPTConfig(**meta["config"]).validate()
         tok = CharTokenizer(meta["tokenizer"]["chars"])
-    except (ValueError, DataError) as e:                    # DataError is a ValueError
+    except ValueError as e:                                 # the tokenizer's DataError is one too
         raise bad(f"invalid config or tokenizer ({_one_line(e)})") from None
     if tok.vocab_size != cfg.vocab_size:
         raise bad(f"the tokenizer has {tok.vocab_size} characters but the config says vocab_size {cfg.vocab_size}")
@@ -452,7 +458,6 @@ def _check_meta_values(path, meta):
     if spec is None:
         shapes = params = parameter_shapes(cfg)
     else:
-        from . import lecture
         if spec["rung"] not in lecture.BY_NAME:
             raise bad(f"model.rung {spec['rung']!r} is not a rung of the lecture's ladder "
                       f"({', '.join(lecture.BY_NAME)})")

@@ -21,7 +21,7 @@ What a row reads (a run that lacks something shows "-"):
     change       100 * (best val - baseline's best val) / baseline's best val: negative is better
 A run without a log is read from its checkpoint (step, elapsed_s, val_loss, best_val_loss). Runs whose corpora differ
 (meta.json `data.sha256`) are still compared, their rows flagged: their losses are measured on other text.
-Bad input (no such directory, not a run, a corrupt log or checkpoint meta.json) is a CompareError or CheckpointError,
+Bad input (no such directory, not a run, a corrupt log or checkpoint meta.json) is a UsageError or CheckpointError,
 one line each.
 """
 import dataclasses
@@ -31,15 +31,12 @@ import os
 from pathlib import Path
 
 from . import checkpoint as ckpt_io
+from .errors import CheckpointError, UsageError
 
 PLOT_FORMATS = ("png", "svg", "pdf")
 # the run's own directory, the corpus path (compared by its sha256), a ladder rung's name (the setting `model`)
 IGNORED_SETTINGS = ("out", "data", "rung")
 MISSING = "-"
-
-
-class CompareError(ValueError):
-    """A path that is not a readable run, or an output file that cannot be written; the message is one line."""
 
 
 @dataclasses.dataclass
@@ -52,18 +49,18 @@ class Run:
 
 # ---- reading a run -----------------------------------------------------------------------------------------------
 def read_run(path):
-    """The run directory `path`: its log and its checkpoint's meta.json, checked. CompareError or CheckpointError."""
+    """The run directory `path`: its log and its checkpoint's meta.json, checked. UsageError or CheckpointError."""
     path = Path(path)
     name = os.path.normpath(str(path))
     if not path.exists():
-        raise CompareError(f"run directory not found: {name}")
+        raise UsageError(f"run directory not found: {name}")
     if not path.is_dir():
-        raise CompareError(f"{name} is not a run directory (it is a file)")
+        raise UsageError(f"{name} is not a run directory (it is a file)")
     log_path = path / "log.jsonl"
     meta_dir = _checkpoint_dir(path)
     if not log_path.exists() and meta_dir is None:
-        raise CompareError(f"{name} is not a run directory (no log.jsonl, no {ckpt_io.LAST}/ or {ckpt_io.BEST}/ "
-                           f"checkpoint){_hint(path)}")
+        raise UsageError(f"{name} is not a run directory (no log.jsonl, no {ckpt_io.LAST}/ or {ckpt_io.BEST}/ "
+                         f"checkpoint){_hint(path)}")
     records = read_records(log_path) if log_path.exists() else []
     meta = _read_meta(meta_dir) if meta_dir is not None else {}
     return Run(path, name, records, meta)
@@ -115,12 +112,12 @@ _RECORD_FIELDS = {
 
 
 def read_records(log_path):
-    """log.jsonl's records, each a JSON object with the fields above (blank lines skipped). CompareError naming the
+    """log.jsonl's records, each a JSON object with the fields above (blank lines skipped). UsageError naming the
     file and line of the first one that is not."""
     try:
         lines = log_path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeError) as e:
-        raise CompareError(f"cannot read {log_path}: {getattr(e, 'strerror', None) or e}") from None
+        raise UsageError(f"cannot read {log_path}: {getattr(e, 'strerror', None) or e}") from None
     records = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -129,15 +126,15 @@ def read_records(log_path):
         try:
             rec = json.loads(line)
         except ValueError:
-            raise CompareError(f"{where} is not JSON (a corrupt log)") from None
+            raise UsageError(f"{where} is not JSON (a corrupt log)") from None
         if not isinstance(rec, dict):
-            raise CompareError(f"{where} is not a JSON object (a corrupt log)")
+            raise UsageError(f"{where} is not a JSON object (a corrupt log)")
         for key, (required, ok, what) in _RECORD_FIELDS.items():
             if key not in rec:
                 if required:
-                    raise CompareError(f"{where} lacks the field {key!r} (a corrupt log)")
+                    raise UsageError(f"{where} lacks the field {key!r} (a corrupt log)")
             elif not ok(rec[key]):
-                raise CompareError(f"{where}: {key} must be {what}, got {rec[key]!r} (a corrupt log)")
+                raise UsageError(f"{where}: {key} must be {what}, got {rec[key]!r} (a corrupt log)")
         records.append(rec)
     return records
 
@@ -163,7 +160,7 @@ def _read_meta(ckpt_dir):
     meta = ckpt_io._read_meta(ckpt_dir)
     for key, (ok, what) in _META_FIELDS.items():
         if key in meta and not ok(meta[key]):
-            raise ckpt_io.CheckpointError(f"checkpoint {ckpt_dir}: {ckpt_io.META_FILE} field {key} must be {what}")
+            raise CheckpointError(f"checkpoint {ckpt_dir}: {ckpt_io.META_FILE} field {key} must be {what}")
     return meta
 
 
@@ -354,18 +351,19 @@ def as_json(rows, **extra):
 
 # ---- the plot ----------------------------------------------------------------------------------------------------
 def plot_format(path):
-    """The image format `path` names by its suffix. CompareError unless one matplotlib writes here."""
+    """The image format `path` names by its suffix. UsageError unless one matplotlib writes here."""
     fmt = Path(path).suffix.lower().lstrip(".")
     if fmt not in PLOT_FORMATS:
         endings = ", ".join("." + f for f in PLOT_FORMATS)
-        raise CompareError(f"--plot {path}: the file name must end in one of {endings} (--plot alone writes "
-                           "compare.png; put it after the run directories)")
+        raise UsageError(f"--plot {path}: the file name must end in one of {endings} (--plot alone writes "
+                         "compare.png; put it after the run directories)")
     return fmt
 
 
 def plot_val_curves(runs, rows, path):
     """Every run's validation loss against step on one set of axes, labelled by run (a run on another corpus dashed
     and starred), as the image `path` (matplotlib's Agg canvas, as rundir.plot_losses)."""
+    # matplotlib only when a plot is drawn: it takes a while to import
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fmt = plot_format(path)
@@ -389,17 +387,17 @@ def plot_val_curves(runs, rows, path):
 
 # ---- the command -------------------------------------------------------------------------------------------------
 def _check_output(path, flag):
-    """CompareError unless `path` can be a file to write: not a directory, in a directory that exists."""
+    """UsageError unless `path` can be a file to write: not a directory, in a directory that exists."""
     path = Path(path)
     if path.is_dir():
-        raise CompareError(f"{flag} {path} is a directory, not a file name")
+        raise UsageError(f"{flag} {path} is a directory, not a file name")
     if not path.resolve().parent.is_dir():
-        raise CompareError(f"{flag} {path}: the directory {path.parent} does not exist")
+        raise UsageError(f"{flag} {path}: the directory {path.parent} does not exist")
 
 
 def compare(paths, json_out=False, markdown=None, plot=None, say=print):
     """Read the runs, then print the table (or, json_out, one JSON object) with `say`, writing the markdown and the
-    plot where asked (the table then says where they went). Returns the rows. Bad input (CompareError,
+    plot where asked (the table then says where they went). Returns the rows. Bad input (UsageError,
     CheckpointError) is found before anything is written."""
     runs = [read_run(p) for p in paths]
     if plot is not None:
@@ -418,7 +416,7 @@ def compare(paths, json_out=False, markdown=None, plot=None, say=print):
             Path(markdown).write_text(render_markdown(rows, image), encoding="utf-8")
             written["markdown"] = str(Path(markdown).resolve())
     except OSError as e:
-        raise CompareError(f"cannot write {e.filename or ''}: {e.strerror or e}") from None
+        raise UsageError(f"cannot write {e.filename or ''}: {e.strerror or e}") from None
     if json_out:
         say(as_json(rows, **written))
     else:

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+
 DATA_DIR = Path(__file__).resolve().parent / "data"      # the corpora shipped inside the package
 DEFAULT_CORPUS = DATA_DIR / "tinyshakespeare.txt"
 VAL_FRACTION = 0.1
-
-
-class DataError(ValueError):
-    """A corpus or a text that cannot be used; the message is one line meant for the user."""
 
 
 class CharTokenizer:

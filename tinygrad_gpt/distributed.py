@@ -34,6 +34,9 @@ import zlib
 
 import numpy as np
 
+from .backend import to_host
+from .errors import RunFailed, UsageError
+
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 CUDA_ALLREDUCE_VAR = "TINYGRAD_GPT_CUDA_ALLREDUCE"
@@ -44,10 +47,6 @@ _active = None                             # the DataParallel of this process, o
 
 ABORT_GRACE_S = 1.0                # see DataParallel.abort (0.3 s still lost the line once, under a loaded
                                    # full test run)
-
-
-class DistributedError(RuntimeError):
-    """Data-parallel training cannot start (no mpi4py, no MPI runtime, an unusable GPU transport); one line."""
 
 
 def launched_by_mpi(env=None):
@@ -98,8 +97,8 @@ def setup(ddp=None):
         from mpi4py import MPI
     except (ImportError, RuntimeError, OSError) as e:
         why = "launched by mpiexec" if launch else "--ddp"
-        raise all_ranks(DistributedError(f"data-parallel training ({why}) needs mpi4py and an MPI runtime: "
-                                         f"{INSTALL_HINT} ({type(e).__name__}: {e})")) from None
+        raise all_ranks(UsageError(f"data-parallel training ({why}) needs mpi4py and an MPI runtime: "
+                                   f"{INSTALL_HINT} ({type(e).__name__}: {e})")) from None
     _active = DataParallel(MPI.COMM_WORLD, MPI)
     return _active
 
@@ -159,7 +158,7 @@ class DataParallel:
         host's GPUs) and the transport for the gradient allreduce."""
         if device != "cuda":
             return
-        import cupy
+        import cupy  # on the cuda device only (backend.py's rule: a plain import loads no CuPy)
         local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)
         local_rank, local_size = local.Get_rank(), local.Get_size()
         local.Free()
@@ -168,28 +167,28 @@ class DataParallel:
         self.xp = cupy
         choice = os.environ.get(CUDA_ALLREDUCE_VAR, "auto")
         if choice not in ("auto", "nccl", "mpi", "host"):
-            raise all_ranks(DistributedError(f"{CUDA_ALLREDUCE_VAR} must be auto, nccl, mpi or host, got {choice!r}"))
+            raise all_ranks(UsageError(f"{CUDA_ALLREDUCE_VAR} must be auto, nccl, mpi or host, got {choice!r}"))
         shared_gpu = self.comm.allreduce(int(local_size > gpus), op=self.MPI.MAX)   # NCCL: one rank per GPU
         if choice == "nccl" and shared_gpu:
-            raise all_ranks(DistributedError(f"{CUDA_ALLREDUCE_VAR}=nccl needs one GPU per rank, but a host runs "
-                                             "more ranks than it has GPUs (use host, or fewer ranks)"))
+            raise all_ranks(UsageError(f"{CUDA_ALLREDUCE_VAR}=nccl needs one GPU per rank, but a host runs "
+                                       "more ranks than it has GPUs (use host, or fewer ranks)"))
         if choice == "auto" and shared_gpu:
             self.transport = "host"
         elif choice in ("auto", "nccl"):
             uid = None
             if self.is_root:               # rank 0 makes the NCCL id; every rank learns whether that worked
                 try:
-                    from cupy.cuda import nccl
+                    from cupy.cuda import nccl  # (cuda only, as above)
                     uid = nccl.get_unique_id()
                 except Exception as e:     # noqa: BLE001 - no NCCL in this CuPy: fall back (or report)
                     uid = f"{type(e).__name__}: {e}"
             uid = self.comm.bcast(uid, root=0)
             if isinstance(uid, str):
                 if choice == "nccl":
-                    raise all_ranks(DistributedError(f"{CUDA_ALLREDUCE_VAR}=nccl, but NCCL is unavailable: {uid}"))
+                    raise all_ranks(UsageError(f"{CUDA_ALLREDUCE_VAR}=nccl, but NCCL is unavailable: {uid}"))
                 self.transport = "host"
             else:
-                from cupy.cuda import nccl
+                from cupy.cuda import nccl  # (cuda only)
                 self._nccl = nccl.NcclCommunicator(self.size, uid, self.rank)   # collective; a failure aborts
                 self.transport = "nccl"
         else:
@@ -245,15 +244,14 @@ class DataParallel:
     def check_sync(self, opt, step):
         """Raise (on every rank) unless all ranks hold bitwise the same parameters: a CRC32 of each group's flat
         buffer, compared across ranks. Costs a pass over the parameters and a tiny allgather."""
-        from .backend import to_host
         crc = 0
         for g in opt.groups:
             crc = zlib.crc32(np.ascontiguousarray(to_host(g.flat)).view(np.uint8), crc)
         crcs = self.comm.allgather(crc)
         if len(set(crcs)) > 1:
             differ = [r for r, c in enumerate(crcs) if c != crcs[0]]
-            raise all_ranks(RuntimeError(f"after step {step} the parameters differ between ranks (rank 0 vs "
-                                         f"rank(s) {', '.join(map(str, differ))}): the ranks are out of sync"))
+            raise all_ranks(RunFailed(f"after step {step} the parameters differ between ranks (rank 0 vs "
+                                      f"rank(s) {', '.join(map(str, differ))}): the ranks are out of sync"))
 
     def abort(self, message, code=1):
         """End the whole job: print the message (this rank's stderr reaches mpiexec's) and MPI_Abort."""
@@ -271,7 +269,7 @@ class DataParallel:
         if self.transport == "mpi":                                         # NumPy buffer
             self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         elif self.transport == "nccl":
-            from cupy.cuda import nccl
+            from cupy.cuda import nccl  # (the nccl transport: cuda only)
             stream = self.xp.cuda.get_current_stream()
             self._nccl.allReduce(buf.data.ptr, buf.data.ptr, buf.size, _nccl_dtype(nccl, buf.dtype), nccl.NCCL_SUM,
                                  stream.ptr)
@@ -291,7 +289,7 @@ class DataParallel:
                 self.xp.cuda.get_current_stream().synchronize()
             self.comm.Bcast(a, root=0)
         elif self.transport == "nccl":
-            from cupy.cuda import nccl
+            from cupy.cuda import nccl  # (the nccl transport: cuda only)
             self._nccl.bcast(a.data.ptr, a.size, _nccl_dtype(nccl, a.dtype), 0,
                              self.xp.cuda.get_current_stream().ptr)
         else:

@@ -16,23 +16,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError
-from .data import DataError, load_corpus
-from .sample import load_model
+from .checkpoint import load_model
+from .data import load_corpus
+from .errors import CheckpointError, DataError, UsageError
 from .tensor import Tensor, no_grad
 
 SPLITS = ("val", "train", "all")
 
 
-class EvalError(ValueError):
-    """Impossible evaluation settings; the message is one line meant for the user."""
-
-
 def split_ids(corpus, split):
     """The token ids of one split of `corpus`: "train" and "val" by the training rule, "all" the whole text."""
     if split not in SPLITS:
-        raise EvalError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise UsageError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     return corpus.ids if split == "all" else corpus.split(split)
 
 
@@ -50,7 +47,7 @@ def checkpoint_corpus(ckpt):
     data = ckpt.meta.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("path"), (str, type(None))):
         raise CheckpointError(f"checkpoint {ckpt.path} does not say which corpus it was trained on: "
-                                      "pass --data FILE")
+                              "pass --data FILE")
     path = data["path"]
     if path is not None and not Path(path).exists():
         raise DataError(f"the corpus checkpoint {ckpt.path} was trained on, {path}, is not found: pass --data FILE")
@@ -61,11 +58,11 @@ def evaluate(ckpt_path, data=None, split="val", batch_size=32, device="cpu", pro
     """Mean cross-entropy of the checkpoint at `ckpt_path` (a run directory: its best checkpoint) on every full
     block of a split of `data` (None: the checkpoint's own corpus). Returns a dict of the figures; `note(text)` is
     told, at the end, when the corpus is not the one the checkpoint was trained on. Raises CheckpointError, DataError,
-    EvalError, DeviceError."""
+    UsageError (impossible settings), DeviceError."""
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise EvalError(f"batch size must be a positive integer, got {batch_size!r}")
+        raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
     if split not in SPLITS:
-        raise EvalError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise UsageError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     model, _, ckpt = load_model(ckpt_path, device)                       # in eval mode
     path = checkpoint_corpus(ckpt) if data is None else data
     corpus = load_corpus(path, tokenizer=ckpt.tokenizer)       # a character outside the vocabulary: DataError
@@ -75,7 +72,6 @@ def evaluate(ckpt_path, data=None, split="val", batch_size=32, device="cpu", pro
     if len(x) == 0:
         raise DataError(f"the {split} split of {corpus.name} has {len(ids)} characters: too few for one block of "
                         f"block_size + 1 = {T + 1}")
-    from tqdm.auto import tqdm
     total = 0.0                                                            # sum of -ln p over predicted chars
     with no_grad(), tqdm(total=len(x), unit="block", file=sys.stderr, dynamic_ncols=True,
                          disable=None if progress else True, leave=False) as bar:

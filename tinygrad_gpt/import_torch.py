@@ -7,7 +7,7 @@ safetensors file):
             blocks.{i}.sa.proj, blocks.{i}.ffwd.net.0 / .net.2, blocks.{i}.ln1 / ln2, ln_f, lm_head
   native    SPEC section 2's names (reference/model.py's torch GPT): copied as they are
 The sizes (n_layer, n_head, n_embd, block_size, vocab_size) are read from the shapes, and every key and shape is
-checked against them before anything is written; the first problem is one StateDictError line.
+checked against them before anything is written; the first problem is one UsageError line.
 
 Fusing the heads: head j's query rows go to rows j*hs:(j+1)*hs of the first C rows of attn.qkv.weight (3C, C), its
 key rows to the same rows of the second C, its value rows of the third (SPEC section 1), so our one matmul
@@ -25,31 +25,33 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checkpoint
+from .data import load_corpus
+from .errors import SerializationError, UsageError
+from .model import GPT, GPTConfig, parameter_shapes
+from .rundir import holds_run
+from .serialization import load
+from .tensor import Tensor
+
 LECTURE, NATIVE = "lecture", "native"
 SCALES = ("head", "embd")
 CHECKPOINT_FILES = ("meta.json", "model.safetensors", "optim.safetensors")
 
 
-class StateDictError(ValueError):
-    """A state dict that cannot be imported, or an output that must not be written; one line for the user."""
-
-
 def read_state_dict(path):
     """{name: NumPy array} from a torch.save file or a safetensors file. A training checkpoint that holds the
-    state dict under "model", "state_dict" or "model_state_dict" is unwrapped. Raises StateDictError."""
-    from .serialization import SerializationError, load
-    from .tensor import Tensor
+    state dict under "model", "state_dict" or "model_state_dict" is unwrapped. Raises UsageError."""
     path = Path(path)
     if not path.exists():
-        raise StateDictError(f"state dict not found: {path}")
+        raise UsageError(f"state dict not found: {path}")
     if path.is_dir():
-        raise StateDictError(f"{path} is a directory, not a state dict file")
+        raise UsageError(f"{path} is a directory, not a state dict file")
     try:
         obj = load(path)
     except SerializationError as e:
-        raise StateDictError(str(e)) from None
+        raise UsageError(str(e)) from None
     except OSError as e:
-        raise StateDictError(f"cannot read {path}: {e.strerror or e}") from None
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
 
     def tensors_only(d):
         return isinstance(d, dict) and d and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in d.items())
@@ -60,7 +62,7 @@ def read_state_dict(path):
         what = type(obj).__name__ if not isinstance(obj, dict) else "an empty dict" if not obj else next(
             f"a dict whose entry {k!r} is a {type(v).__name__}" for k, v in obj.items()
             if not (isinstance(k, str) and isinstance(v, Tensor)))
-        raise StateDictError(f"{path} is not a state dict (a dict of tensors by name): it holds {what}")
+        raise UsageError(f"{path} is not a state dict (a dict of tensors by name): it holds {what}")
     return {k: v.numpy() for k, v in obj.items()}
 
 
@@ -84,10 +86,10 @@ def lecture_shapes(V, T, C, H, L):
 def _shape(sd, name, ndim):
     """sd[name]'s shape, which must have `ndim` axes."""
     if name not in sd:
-        raise StateDictError(f"the state dict lacks {name}")
+        raise UsageError(f"the state dict lacks {name}")
     shape = tuple(sd[name].shape)
     if len(shape) != ndim:
-        raise StateDictError(f"{name} has shape {shape}, expected {ndim} axes")
+        raise UsageError(f"{name} has shape {shape}, expected {ndim} axes")
     return shape
 
 
@@ -95,41 +97,40 @@ def _layers(sd):
     """n_layer: the blocks.{i} indices must be 0 .. L-1."""
     found = sorted({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
     if not found:
-        raise StateDictError("the state dict has no blocks.{i}.* keys (no transformer blocks)")
+        raise UsageError("the state dict has no blocks.{i}.* keys (no transformer blocks)")
     if found != list(range(len(found))):
         missing = min(set(range(found[-1] + 1)) - set(found))
-        raise StateDictError(f"the state dict has blocks up to blocks.{found[-1]} but no blocks.{missing}")
+        raise UsageError(f"the state dict has blocks up to blocks.{found[-1]} but no blocks.{missing}")
     return len(found)
 
 
 def _check_keys(sd, expected, ignore=None):
     """Every expected key present with its shape and a floating-point dtype, and nothing else but `ignore`
-    (names -> shape or None for any shape); raises StateDictError naming the first problem."""
+    (names -> shape or None for any shape); raises UsageError naming the first problem."""
     ignore = ignore or {}
     missing = [k for k in expected if k not in sd]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise StateDictError(f"the state dict lacks {missing[0]}{more}")
+        raise UsageError(f"the state dict lacks {missing[0]}{more}")
     extra = [k for k in sd if k not in expected and k not in ignore]
     if extra:
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-        raise StateDictError(f"the state dict has an unexpected key {extra[0]}{more}")
+        raise UsageError(f"the state dict has an unexpected key {extra[0]}{more}")
     for k, shape in list(expected.items()) + [(k, s) for k, s in ignore.items() if k in sd and s is not None]:
         if tuple(sd[k].shape) != tuple(shape):
-            raise StateDictError(f"{k} has shape {tuple(sd[k].shape)}, expected {tuple(shape)} from the other "
-                                 "weights' sizes")
+            raise UsageError(f"{k} has shape {tuple(sd[k].shape)}, expected {tuple(shape)} from the other "
+                             "weights' sizes")
     for k in expected:
         if sd[k].dtype.kind != "f":
-            raise StateDictError(f"{k} is {sd[k].dtype}, expected floating-point weights")
+            raise UsageError(f"{k} is {sd[k].dtype}, expected floating-point weights")
 
 
 def convert(sd, attention_scale="head", n_head=None):
     """A state dict in either naming (see the module docstring) -> (dims, weights): dims {vocab_size, block_size,
     n_embd, n_head, n_layer, bias} read from the shapes, weights {name: array} in SPEC section 2's names, in the
-    input's floating dtype (float64 stays float64). Raises StateDictError naming the first problem."""
+    input's floating dtype (float64 stays float64). Raises UsageError naming the first problem."""
     if attention_scale not in SCALES:
-        raise StateDictError(f"attention scale must be one of {', '.join(SCALES)}, got {attention_scale!r}")
-    from .tensor import Tensor
+        raise UsageError(f"attention scale must be one of {', '.join(SCALES)}, got {attention_scale!r}")
     sd = {k: v.numpy() if isinstance(v, Tensor) else np.asarray(v) for k, v in sd.items()}
     sd = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in sd.items()}   # exact widening
     if "token_embedding_table.weight" in sd:
@@ -137,37 +138,36 @@ def convert(sd, attention_scale="head", n_head=None):
     elif "tok_emb.weight" in sd:
         scheme, tok, pos = NATIVE, "tok_emb.weight", "pos_emb.weight"
     else:
-        raise StateDictError("the state dict has neither token_embedding_table.weight (the lecture's gpt.py) nor "
-                             "tok_emb.weight (tinygrad_gpt's names): it is not a GPT of the lecture")
+        raise UsageError("the state dict has neither token_embedding_table.weight (the lecture's gpt.py) nor "
+                         "tok_emb.weight (tinygrad_gpt's names): it is not a GPT of the lecture")
     V, C = _shape(sd, tok, 2)
     T, C_pos = _shape(sd, pos, 2)
     if C_pos != C:
-        raise StateDictError(f"{pos} has shape {(T, C_pos)} but {tok} has {C} columns (n_embd)")
+        raise UsageError(f"{pos} has shape {(T, C_pos)} but {tok} has {C} columns (n_embd)")
     L = _layers(sd)
     if scheme == LECTURE:
         heads = sorted({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.0\.sa\.heads\.(\d+)\.", k))})
         if heads != list(range(len(heads))) or not heads:
-            raise StateDictError("blocks.0.sa.heads.* must be heads 0 .. H-1, found "
-                                 f"{heads[:8] if heads else 'none'}")
+            raise UsageError("blocks.0.sa.heads.* must be heads 0 .. H-1, found "
+                             f"{heads[:8] if heads else 'none'}")
         H = len(heads)
         hs, _ = _shape(sd, "blocks.0.sa.heads.0.key.weight", 2)
         if H * hs != C:
-            raise StateDictError(f"blocks.0.sa has {H} heads of size {hs}, which do not make n_embd {C}")
+            raise UsageError(f"blocks.0.sa has {H} heads of size {hs}, which do not make n_embd {C}")
         if n_head is not None and n_head != H:
-            raise StateDictError(f"--n-head {n_head} was given, but the state dict has {H} heads per block")
+            raise UsageError(f"--n-head {n_head} was given, but the state dict has {H} heads per block")
         tril = {f"blocks.{i}.sa.heads.{j}.tril": (T, T) for i in range(L) for j in range(H)}
         _check_keys(sd, lecture_shapes(V, T, C, H, L), ignore=tril)
         weights = _from_lecture(sd, L, H)
         bias = True
     else:
-        from .model import GPTConfig, parameter_shapes
         bias = "ln_f.bias" in sd
         _check_keys(sd, parameter_shapes(GPTConfig(V, T, C, 1, L, bias=bias)))      # H does not show in shapes
         if n_head is None:
-            raise StateDictError("a state dict in tinygrad_gpt's names does not show n_head (the fused qkv weight "
-                                 "is (3C, C) for any head count): pass --n-head")
+            raise UsageError("a state dict in tinygrad_gpt's names does not show n_head (the fused qkv weight "
+                             "is (3C, C) for any head count): pass --n-head")
         if n_head < 1 or C % n_head:
-            raise StateDictError(f"--n-head {n_head} does not divide n_embd {C}")
+            raise UsageError(f"--n-head {n_head} does not divide n_embd {C}")
         H = n_head
         weights = dict(sd)
     if attention_scale == "embd":           # see the module docstring: q * sqrt(hs / C) under our hs**-0.5
@@ -202,35 +202,31 @@ def _from_lecture(sd, L, H):
 
 def check_out(out, force):
     """Where the checkpoint may go: a new or empty directory, or (with force) one holding only a checkpoint.
-    A run directory or a directory of other files is never replaced. Raises StateDictError."""
-    from .rundir import holds_run
+    A run directory or a directory of other files is never replaced. Raises UsageError."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise StateDictError(f"output path {out} exists and is not a directory")
+        raise UsageError(f"output path {out} exists and is not a directory")
     if not out.exists():
         return
     entries = sorted(p.name for p in out.iterdir())
     if not entries:
         return
     if holds_run(out):
-        raise StateDictError(f"output directory {out} holds a training run: choose another --out "
-                             "(import-torch writes a checkpoint directory and never replaces a run)")
+        raise UsageError(f"output directory {out} holds a training run: choose another --out "
+                         "(import-torch writes a checkpoint directory and never replaces a run)")
     if "meta.json" in entries and set(entries) <= set(CHECKPOINT_FILES):
         if force:
             return
-        raise StateDictError(f"output directory {out} already holds a checkpoint: pass --force to replace it, or "
-                             "choose another --out")
-    raise StateDictError(f"output directory {out} is not empty (it holds {entries[0]}): choose a new or empty "
-                         "directory")
+        raise UsageError(f"output directory {out} already holds a checkpoint: pass --force to replace it, or "
+                         "choose another --out")
+    raise UsageError(f"output directory {out} is not empty (it holds {entries[0]}): choose a new or empty "
+                     "directory")
 
 
 def import_state_dict(path, out, data=None, attention_scale="head", n_head=None, activation="relu", force=False):
     """Read the state dict at `path`, check it, and write a checkpoint directory `out` for `sample` and `eval`
     (float32 weights, dropout 0, the vocabulary of corpus `data`, None: the packaged tiny Shakespeare).
-    Returns (out, GPTConfig, scheme). Raises StateDictError or DataError; writes nothing then."""
-    from . import checkpoint
-    from .data import load_corpus
-    from .model import GPT, GPTConfig
+    Returns (out, GPTConfig, scheme). Raises UsageError or DataError; writes nothing then."""
     check_out(out, force)
     sd = read_state_dict(path)
     scheme = LECTURE if "token_embedding_table.weight" in sd else NATIVE
@@ -238,13 +234,13 @@ def import_state_dict(path, out, data=None, attention_scale="head", n_head=None,
     corpus = load_corpus(data)
     tok = corpus.tokenizer                               # the lecture's chars = sorted(list(set(text)))
     if tok.vocab_size != dims["vocab_size"]:
-        raise StateDictError(f"the state dict has vocab_size {dims['vocab_size']} but {corpus.name} has "
-                             f"{tok.vocab_size} distinct characters: pass the corpus the model was trained on "
-                             "with --data")
+        raise UsageError(f"the state dict has vocab_size {dims['vocab_size']} but {corpus.name} has "
+                         f"{tok.vocab_size} distinct characters: pass the corpus the model was trained on "
+                         "with --data")
     weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
     bad = next((k for k, v in weights.items() if not np.isfinite(v).all()), None)
     if bad is not None:
-        raise StateDictError(f"{bad} holds NaN or infinite values (or values beyond float32's range)")
+        raise UsageError(f"{bad} holds NaN or infinite values (or values beyond float32's range)")
     cfg = GPTConfig(dropout=0.0, activation=activation, **dims)
     model = GPT(cfg)
     model.load_state_dict(weights)

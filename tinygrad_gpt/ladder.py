@@ -24,12 +24,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import lecture
 from . import rng as _rng
 from .budget import parse_duration
-from .config import ConfigError
 from .data import BatchSampler, default_prompt, fixed_batches, load_corpus
+from .errors import ConfigError, TrainingDiverged
 from .model import GPTConfig
 from .optim import AdamW
 from .rundir import BEST, LAST, RunDir, holds_run
@@ -48,10 +49,6 @@ SAMPLE_CHARS = 300
 LADDER_FILES = ("ladder.md", "ladder.json", "ladder.png")
 
 
-class LadderError(ConfigError):
-    """A ladder that cannot run as asked (an unknown rung, a budget too short): one line, exit 2."""
-
-
 def rung_names(spec):
     """'all' or a comma-separated list of rung names -> the rungs, in ladder order."""
     if spec in (None, "", "all"):
@@ -59,7 +56,7 @@ def rung_names(spec):
     names = [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in lecture.BY_NAME]
     if unknown:
-        raise LadderError(f"unknown rung {unknown[0]!r}: the rungs are {', '.join(lecture.BY_NAME)}")
+        raise ConfigError(f"unknown rung {unknown[0]!r}: the rungs are {', '.join(lecture.BY_NAME)}")
     return [r for r in lecture.RUNGS if r.name in names]
 
 
@@ -68,10 +65,10 @@ def check_out(out, force):
     own files and rung directories are replaced)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise LadderError(f"output path {out} exists and is not a directory")
+        raise ConfigError(f"output path {out} exists and is not a directory")
     taken = [p.name for p in out.glob("*") if p.name in LADDER_FILES or (p.name in lecture.BY_NAME and holds_run(p))]
     if (taken or holds_run(out)) and not force:
-        raise LadderError(f"output directory {out} already holds a ladder or a run ({(taken or [out.name])[0]}): "
+        raise ConfigError(f"output directory {out} already holds a ladder or a run ({(taken or [out.name])[0]}): "
                           "pass --force to replace it, or choose another --out")
     return out
 
@@ -144,7 +141,6 @@ class RungRun:
 
     def train(self, steps, progress, say):
         """`steps` AdamW steps with EVALS evaluations (and one at step 0): log, plot, checkpoints, sample."""
-        from tqdm.auto import tqdm
         self.rundir.start(self.force, 0)                     # (with --force: the previous run's files removed)
         interval = max(1, math.ceil(steps / EVALS))
         history, best, start = [], math.inf, time.perf_counter()
@@ -156,7 +152,7 @@ class RungRun:
                 if step % interval == 0 or step == steps:
                     train_loss, val_loss = self.estimate()
                     if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                        raise RuntimeError(f"rung {self.rung.name}: the loss is {val_loss} at step {step}")
+                        raise TrainingDiverged(f"rung {self.rung.name}: the loss is {val_loss} at step {step}")
                     rec = {"step": step, "train_loss": train_loss, "val_loss": val_loss,
                            "lr": self.hp["learning_rate"],
                            "tokens_per_s": round(tokens / t_tokens, 1) if t_tokens else None,
@@ -211,7 +207,7 @@ def threads(model):
     if lecture.count_parameters(model) >= ONE_THREAD_PARAMS:
         yield
         return
-    import numba
+    import numba  # here, not at the top: importing tinygrad_gpt's modules loads no numba
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
@@ -223,10 +219,10 @@ def threads(model):
 def run(out=DEFAULT_OUT, time_budget=DEFAULT_TIME, data=None, rungs=None, seed=1337, force=False, progress=True,
         say=print, max_steps=None):
     """Train the ladder; returns the rows of its table. max_steps: at most this many steps per rung (a quick look;
-    the budget still bounds them). Raises LadderError / DataError for bad input (before anything is written)."""
+    the budget still bounds them). Raises ConfigError / DataError for bad input (before anything is written)."""
     seconds = parse_duration(time_budget)
     if max_steps is not None and max_steps < 1:
-        raise LadderError(f"--max-steps must be at least 1, got {max_steps}")
+        raise ConfigError(f"--max-steps must be at least 1, got {max_steps}")
     chosen = rung_names(rungs)
     corpus = load_corpus(data)
     out = check_out(out, force)
@@ -250,7 +246,7 @@ def run(out=DEFAULT_OUT, time_budget=DEFAULT_TIME, data=None, rungs=None, seed=1
         if fits < min(MIN_STEPS, max_steps or MIN_STEPS):
             if not rows:
                 job.rundir.abandon()
-                raise LadderError(f"a budget of {time_budget} is too short: the first rung ({rung.name}) would get "
+                raise ConfigError(f"a budget of {time_budget} is too short: the first rung ({rung.name}) would get "
                                   f"{max(steps, 0)} steps of {1000 * step_s:.1f} ms (at least {MIN_STEPS} needed); "
                                   "give a longer --time")
             say(f"{rung.name}: no time left for {MIN_STEPS} steps; stopping the ladder here")
@@ -320,6 +316,7 @@ def write_outputs(out, rows, corpus, time_budget, elapsed):
 
 def plot_curves(rows, path):
     """Every rung's validation loss against its step, one plot (matplotlib's Agg canvas)."""
+    # matplotlib only when a plot is drawn: it takes a while to import
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=(8, 4.8), dpi=110)

@@ -20,14 +20,10 @@ import uuid
 from pathlib import Path
 
 from . import checkpoint as ckpt_io
-from .config import ConfigError
+from .errors import ConfigError, SaveFailed
 
 RUN_FILES = ("log.jsonl", "loss.png", "sample.txt")
 LAST, BEST = ckpt_io.LAST, ckpt_io.BEST
-
-
-class SaveFailed(RuntimeError):
-    """A checkpoint could not be written (e.g. a full disk); the previous one is intact."""
 
 
 def holds_run(out):
@@ -156,6 +152,7 @@ def _write_text_atomic(path, text):
 
 def plot_losses(records, path, title=""):
     """Train and validation loss against step, as a PNG (matplotlib's Agg canvas: no display, no global state)."""
+    # matplotlib only when a plot is drawn: it takes a while to import
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=(7, 4.2), dpi=110)

@@ -8,44 +8,31 @@ import sys
 
 import numpy as np
 
-from . import checkpoint as ckpt_io
-from .backend import get_device
-from .data import DataError, default_prompt, describe_chars
+from .checkpoint import load_model
+from .data import default_prompt, describe_chars
+from .errors import DataError, UsageError
 from .model import sample_next
 from .tensor import Tensor
 
 DEFAULT_RUN = "runs/cpu"      # where `tinygrad-gpt train` with no arguments writes
 
 
-class SampleError(ValueError):
-    """Impossible sampling settings; the message is one line meant for the user."""
-
-
-def load_model(ckpt_path=DEFAULT_RUN, device="cpu"):
-    """(model in eval mode, tokenizer, checkpoint) from a run directory (its best checkpoint) or a checkpoint dir."""
-    device = get_device(device)
-    ckpt = ckpt_io.load(ckpt_io.resolve(ckpt_path), with_optimizer=False)
-    model = ckpt.build_model(device)
-    model.eval()
-    return model, ckpt.tokenizer, ckpt
-
-
 def sample(ckpt=DEFAULT_RUN, prompt=None, num_chars=500, temperature=1.0, top_k=None, seed=None, device="cpu",
            use_cache=True, stream=None, window="slide"):
     """Generate `num_chars` characters after `prompt` (None or "": a newline, not printed). Writes the prompt and then
     each character to `stream` as it comes (None: write nothing). Returns the prompt plus the generated text.
-    Raises DataError for prompt characters outside the vocabulary, SampleError for impossible settings,
+    Raises DataError for prompt characters outside the vocabulary, UsageError for impossible settings,
     CheckpointError for an unusable checkpoint."""
     if not isinstance(num_chars, int) or num_chars < 0:
-        raise SampleError(f"the number of characters must be >= 0, got {num_chars!r}")
+        raise UsageError(f"the number of characters must be >= 0, got {num_chars!r}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise SampleError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+        raise UsageError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise SampleError(f"top_k must be a positive integer, got {top_k!r}")
+        raise UsageError(f"top_k must be a positive integer, got {top_k!r}")
     if window not in ("slide", "shift"):
-        raise SampleError(f"window must be 'slide' or 'shift', got {window!r}")
+        raise UsageError(f"window must be 'slide' or 'shift', got {window!r}")
     if seed is not None and (not isinstance(seed, int) or seed < 0):
-        raise SampleError(f"seed must be a non-negative integer, got {seed!r}")
+        raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
     model, tok, ck = load_model(ckpt, device)
     shown = prompt or ""
     if prompt:

@@ -19,6 +19,8 @@ import importlib
 
 import numpy as np
 
+from .. import rng
+
 
 @dataclasses.dataclass(frozen=True)
 class Rung:
@@ -62,7 +64,6 @@ def parameter_shapes(name, hp):
     """({state-dict name: shape}, {parameter name: shape}) of the rung's model (the state dict holds its buffers too),
     built with the default generator's state put back after (a checkpoint's check must not move a user's random
     stream)."""
-    from .. import rng
     with rng.preserved():
         model = build(name, hp)
     return ({k: tuple(v.shape) for k, v in model.state_dict().items()},
