@@ -100,7 +100,7 @@ class Checkpoint:
                                   "the model's")
         steps = opt["steps"]
         if steps is not None:                       # stored in the saving optimizer's order: put them in ours
-            by_name = dict(zip(opt["param_order"], steps))
+            by_name = dict(zip(opt["param_order"], steps, strict=True))
             steps = [by_name[n] for n in names]
         return {"step": opt["step"], "steps": steps,
                 "exp_avg": [self.optim_state[f"exp_avg.{n}"] for n in names],
@@ -134,7 +134,7 @@ def save(path, model, tokenizer, step, optimizer=None, optimizer_names=None, met
         if len(names) != len(sd["exp_avg"]):
             raise ValueError(f"{len(names)} names for {len(sd['exp_avg'])} optimizer parameters")
         moments = {}
-        for n, m, v in zip(names, sd["exp_avg"], sd["exp_avg_sq"]):
+        for n, m, v in zip(names, sd["exp_avg"], sd["exp_avg_sq"], strict=True):
             moments[f"exp_avg.{n}"], moments[f"exp_avg_sq.{n}"] = np.asarray(m), np.asarray(v)
         files[OPTIM_FILE] = st_save(moments, metadata={"format": FORMAT})
         info["optimizer"] = {"type": "AdamW", "step": int(sd["step"]), "param_order": names,

@@ -206,7 +206,7 @@ def _throughput(records):
     """Tokens/s over the whole run: each logged rate covers the steps since the previous record, so the run's rate is
     sum(steps) / sum(steps / rate). None when no record logs one."""
     steps = time = 0.0
-    for prev, rec in zip(records, records[1:]):
+    for prev, rec in zip(records, records[1:], strict=False):   # consecutive pairs
         d = rec["step"] - prev["step"]
         if rec.get("tokens_per_s") and d > 0:
             steps, time = steps + d, time + d / rec["tokens_per_s"]
@@ -321,7 +321,7 @@ def render_table(rows):
     left = {0, len(head) - 1}
 
     def line(cells):
-        padded = (c.ljust(w) if j in left else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths)))
+        padded = (c.ljust(w) if j in left else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths, strict=True)))
         return "  ".join(padded).rstrip()
     lines = [line(head)] + [line(cells) for cells in body]
     note = corpus_note(rows)
@@ -370,7 +370,7 @@ def plot_val_curves(runs, rows, path):
     fig = Figure(figsize=(7, 4.2), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for run, row in zip(runs, rows):
+    for run, row in zip(runs, rows, strict=True):
         if run.records:
             ax.plot([r["step"] for r in run.records], [r["val_loss"] for r in run.records], marker=".",
                     ls="--" if row["other_corpus"] else "-", label=run.name + (" *" if row["other_corpus"] else ""))

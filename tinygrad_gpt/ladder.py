@@ -281,9 +281,9 @@ def table(rows, markdown=True):
         out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 7 + ["---"]) + "|"]
         out += ["| " + " | ".join(line) + " |" for line in lines]
         return "\n".join(out)
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w)             # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
+                                  for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
     return "\n".join([fmt(head)] + [fmt(line) for line in lines])
 
 
@@ -323,9 +323,9 @@ def plot_curves(rows, path):
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for r in rows:
-        steps, vals = zip(*r["curve"])
+        steps, vals = zip(*r["curve"], strict=True)
         ax.plot(steps, vals, marker=".", label=f"{r['rung']} ({r['val_loss']:.2f})")
-    for r, style in zip([r for r in rows if r["theirs_val"] is not None], (":", "--")):
+    for r, style in zip([r for r in rows if r["theirs_val"] is not None], (":", "--"), strict=False):  # two at most
         ax.axhline(r["theirs_val"], color="gray", lw=0.8, ls=style,
                    label=f"the lecture's {r['rung']}: {r['theirs_val']}")
     ax.set_xlabel("step")

@@ -250,7 +250,7 @@ def einsum(equation, *operands):
     if not _:
         letters = "".join(ins)
         rhs = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
-    for sub, op in zip(ins, operands):
+    for sub, op in zip(ins, operands, strict=True):
         if len(set(sub)) != len(sub):
             raise UnsupportedError(f"einsum with a repeated letter in {sub!r}", "take a diagonal another way")
         if len(sub) != op.ndim:
@@ -260,11 +260,11 @@ def einsum(equation, *operands):
     dtype = np.result_type(*floats) if floats else np.result_type(*(o.dtype for o in operands))
     arrays = [o.data.astype(dtype, copy=False) for o in operands]
     out = xp.einsum(f"{lhs}->{rhs}", *arrays, optimize=len(arrays) > 2)
-    sizes = {c: n for sub, a in zip(ins, arrays) for c, n in zip(sub, a.shape)}
+    sizes = {c: n for sub, a in zip(ins, arrays, strict=True) for c, n in zip(sub, a.shape, strict=True)}
 
     def backward(g):
         grads = []
-        for i, (sub, a) in enumerate(zip(ins, arrays)):
+        for i, (sub, a) in enumerate(zip(ins, arrays, strict=True)):
             others = [s for j, s in enumerate(ins) if j != i]
             known = set(rhs).union(*others)
             kept = "".join(c for c in sub if c in known)

@@ -267,7 +267,7 @@ def _load_safetensors(data, label, device):
         arrays[name] = _to_native(raw, dtype)
         spans.append((offsets[0], offsets[1], name))
     spans.sort()                                                   # file order (stable for empty tensors)
-    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):      # noqa: RUF007 (pairwise: Python >= 3.10)
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):   # consecutive pairs
         if start < end:
             raise bad(f"the data of {a!r} and {b!r} overlap")
     if TREE_KEY not in meta:
@@ -458,7 +458,7 @@ class _TensorUnpickler(pickle.Unpickler):
         if math.prod(size) == 0:
             raw = np.empty(size, dtype=dtype.np)
         else:
-            last = offset + sum((n - 1) * s for n, s in zip(size, stride))     # the last element the view reads
+            last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))   # the view's last element
             if last >= count:
                 raise self.bad(f"a tensor of size {size}, stride {stride} at offset {offset} reads element {last} "
                                f"of storage {storage.key!r}, which holds {count}")

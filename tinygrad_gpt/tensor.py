@@ -669,7 +669,7 @@ class Tensor:
                 node._parents, node._backward = (), None
                 continue
             grads = node._backward(node._grad)
-            for p, g in zip(node._parents, grads):
+            for p, g in zip(node._parents, grads, strict=True):
                 if g is not None and p.requires_grad:
                     p._accumulate(g)
             # free the graph: inner nodes drop their parents, closure (and its saved arrays) and gradient
@@ -1390,7 +1390,7 @@ class Tensor:
         data = self.xp.tile(self.data.reshape(shape), sizes)
 
         def backward(g):  # (r0 * s0, r1 * s1, ...) -> (r0, s0, r1, s1, ...) summed over the r axes
-            g = g.reshape(tuple(v for r, s in zip(sizes, shape) for v in (r, s)))
+            g = g.reshape(tuple(v for r, s in zip(sizes, shape, strict=True) for v in (r, s)))
             return (g.sum(axis=tuple(range(0, 2 * len(sizes), 2))).reshape(self.shape),)
         return Tensor._make(data, (self,), backward, "repeat")
 

@@ -310,5 +310,5 @@ def pad(input, pad, mode="constant", value=0.0):
     if any(a < 0 or b < 0 for a, b in widths):
         raise UnsupportedError("F.pad with negative padding")
     out = input.xp.pad(input.data, widths, constant_values=value)
-    inner = tuple(slice(a, a + n) for (a, _), n in zip(widths, input.shape))
+    inner = tuple(slice(a, a + n) for (a, _), n in zip(widths, input.shape, strict=True))
     return Tensor._make(out, (input,), lambda g: (g[inner],), "pad")
