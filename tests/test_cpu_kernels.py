@@ -160,9 +160,9 @@ def test_embedding(dtype, b, t, c, v, seed):
         want = [F.embed_forward.reference(idx, tok, pos, pos0) for pos0 in (0, 3)]
         want.append(F.embed_backward.reference(idx, g, v, t + 3))
     assert not twin_calls and calls.ran("embed_fwd", variant(g.size)) == 2 and calls.ran("embed_bwd") == 1
-    for ours, twin in zip(got[:2], want[:2]):
+    for ours, twin in zip(got[:2], want[:2], strict=True):
         np.testing.assert_array_equal(ours, twin)
-    for ours, twin, n in zip(got[2], want[2], (b * t, b)):
+    for ours, twin, n in zip(got[2], want[2], (b * t, b), strict=True):
         close(ours, twin, tol(dtype, n), "embedding backward")
     with pytest.raises(IndexError):
         F.embed_forward(idx + v, tok, pos)       # an id past the table: an error, never a read out of bounds
@@ -295,7 +295,7 @@ def test_attention_with_a_given_scale(dtype, t, hs, scale, seed):
     bound = tol(dtype, 2 * t + hs)
     close(y, y0, bound, "y")
     terms = hs * np.abs(dy).max() * np.abs(v).max() * max(np.abs(q).max(), np.abs(k).max()) * (scale or 1)
-    for name, a, a0 in zip(("dq", "dk", "dv"), grads, grads0):
+    for name, a, a0 in zip(("dq", "dk", "dv"), grads, grads0, strict=True):
         close(a, a0, bound, name, floor=terms)
     if scale is None:
         np.testing.assert_array_equal(y, F.attention_forward(q, k, v, scale=hs ** -0.5)[0])
@@ -318,7 +318,7 @@ def test_adamw_update_repeats_the_twin_exactly(n, wd, coef, seed):
             adamw_update.reference(twin[0], g2, twin[1], twin[2], *args)
         assert calls.ran("adamw_upd", variant(n)) == 1 and not twin_calls     # both variants: n from 1 to 40,000
         np.testing.assert_array_equal(g1, g2)
-        for a, b in zip(state, twin):
+        for a, b in zip(state, twin, strict=True):
             np.testing.assert_array_equal(a, b)
 
 
@@ -364,7 +364,7 @@ def test_attention(dtype, b, h, t, extra, hs, p, small_blocks, seed):
     bound = tol(dtype, 2 * (t + extra) + hs)
     close(y, y0, bound, "y")
     terms = hs * np.abs(dy).max() * np.abs(v).max() * max(np.abs(q).max(), np.abs(k).max())
-    for name, a, a0 in zip(("dq", "dk", "dv"), grads, grads0):
+    for name, a, a0 in zip(("dq", "dk", "dv"), grads, grads0, strict=True):
         close(a, a0, bound, name, floor=terms)
 
 
@@ -433,7 +433,7 @@ def test_linear_branches(route, case, activation):
     gelu = 16 * u(dtype) if activation == "gelu" else 0
     close(y, y0, tol(dtype, i) + gelu, "y")
     slope = 32 * u(dtype) if activation == "gelu" else 0
-    for name, a, a0, length in zip(("dx", "dW", "db"), grads, grads0, (d, n, n)):
+    for name, a, a0, length in zip(("dx", "dW", "db"), grads, grads0, (d, n, n), strict=True):
         close(a, a0, tol(dtype, length) + slope, name, floor=1e-3)
 
 
@@ -500,7 +500,7 @@ def test_attention_branches(dtype, case, shape, expected):
     bound = tol(dtype, 2 * t + hs)
     close(y, y0, bound, "y")
     terms = hs * np.abs(dy).max() * np.abs(v).max() * max(np.abs(q).max(), np.abs(k).max())
-    for name, a, a0 in zip(("dq", "dk", "dv"), grads, F.attention_backward.reference(dy, cache0)):
+    for name, a, a0 in zip(("dq", "dk", "dv"), grads, F.attention_backward.reference(dy, cache0), strict=True):
         close(a, a0, bound, name, floor=terms)
 
 
@@ -532,7 +532,7 @@ def test_elementwise_kernels_serial_and_parallel(rows, expected):
         assert calls.ran(name, expected) == 1, (name, dict(calls))
     ln0, ln_cache0 = F.layer_norm_forward.reference(x, w, b)
     close(ln, ln0, tol(dtype, 64), "layer norm")
-    for a, a0, n in zip(ln_grads, F.layer_norm_backward.reference(g, ln_cache0), (64, rows + 64, rows)):
+    for a, a0, n in zip(ln_grads, F.layer_norm_backward.reference(g, ln_cache0), (64, rows + 64, rows), strict=True):
         close(a, a0, tol(dtype, n), "layer norm backward")
     ce0, ce_cache0 = F.cross_entropy_forward.reference(z, y)
     close(np.asarray(ce), np.asarray(ce0, dtype=dtype), tol(dtype, 65 + rows), "cross-entropy")
@@ -541,7 +541,7 @@ def test_elementwise_kernels_serial_and_parallel(rows, expected):
     np.testing.assert_array_equal(mask, F.dropout_keep_mask.reference(np.empty((rows, 64), bool), 7, 0.3))
     np.testing.assert_array_equal(emb, F.embed_forward.reference(idx, tok, pos))
     g3 = g[:4 * (rows // 4)].reshape(4, rows // 4, 64)
-    for a, a0, n in zip(emb_grads, F.embed_backward.reference(idx, g3, 65, rows // 4), (rows, 4)):
+    for a, a0, n in zip(emb_grads, F.embed_backward.reference(idx, g3, 65, rows // 4), (rows, 4), strict=True):
         close(a, a0, tol(dtype, n), "embedding backward")
     assert abs(norm - grad_norm.reference([x])) <= 4 * x.size * u(np.float64) * norm
 
@@ -603,9 +603,9 @@ def compare_steps(ours, twins, what="model step"):
     lr / eps times them, for a gradient near 0) plus the two codes' roundings."""
     from model_helpers import adamw_first_step_bound
     n = (len(ours) - 1) // 2
-    for a, b in zip(ours[:n + 1], twins[:n + 1]):
+    for a, b in zip(ours[:n + 1], twins[:n + 1], strict=True):
         close(a, b, 1e-12, what)
-    for g, g0, p, p0 in zip(ours[1:n + 1], twins[1:n + 1], ours[n + 1:], twins[n + 1:]):
+    for g, g0, p, p0 in zip(ours[1:n + 1], twins[1:n + 1], ours[n + 1:], twins[n + 1:], strict=True):
         worst = np.max(np.abs(p - p0) / (2 * adamw_first_step_bound(p0, g, g0, LR, u(np.float64))))
         assert worst <= 1, f"{what}: a parameter after the step is off by {worst:.3g} x the first-step bound"
 
@@ -643,7 +643,7 @@ def test_the_thread_count_changes_no_bits(tmp_path, parallel):
             assert set(ran["serial"]) == STEP_KERNELS and not ran["parallel"], ran
         data = np.load(out)
         results.append([data[k] for k in sorted(data.files, key=lambda k: int(k.split("_")[1]))])
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -688,7 +688,7 @@ def test_the_cpu_preset_gives_the_same_bits_for_a_thread_count_and_across_them(t
     assert first[2]["step"] == 3
     assert len(first[3]) == 2                                           # evaluated at steps 0 and 3
     for name, result in runs.items():
-        for what, a, b in zip(("weights", "optimizer state", "meta.json", "losses"), result, first):
+        for what, a, b in zip(("weights", "optimizer state", "meta.json", "losses"), result, first, strict=True):
             assert a == b, f"{name}: the {what} differ from the 1-thread run's"
     twins = _train_cpu_preset(tmp_path, "twins", corpus, TINYGRAD_GPT_KERNELS="0")
     assert twins[0] != first[0] and twins[1] != first[1]
@@ -699,7 +699,7 @@ def test_same_seed_same_bits():
     with spy() as calls:
         first = _gpt_step(np.float32, steps=3)
     assert calls.names() == STEP_KERNELS                             # the kernels' bits, not the twins'
-    for a, b in zip(first, _gpt_step(np.float32, steps=3)):
+    for a, b in zip(first, _gpt_step(np.float32, steps=3), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -731,7 +731,7 @@ def test_every_table_entry_has_launchers_with_the_twins_signature():
     for name, modules in kernels.TABLE.items():
         twin = next(getattr(m, name) for m in (F, optim, tensor) if name in vars(m))
         want = list(inspect.signature(twin.reference).parameters)
-        for device, module in zip(kernels.DEVICES, modules):
+        for device, module in zip(kernels.DEVICES, modules, strict=True):
             if module is None:
                 continue
             if device == "cuda":
@@ -824,7 +824,7 @@ def test_without_a_writable_cache_directory_kernels_compile_uncached_with_one_wa
         made = [_jit.kernel(_double), _jit.kernel(_square)]
     assert [str(w.message).count("without the disk cache") for w in caught] == [1]
     x = np.arange(5.0)
-    for k, want in zip(made, (2 * x, x * x)):
+    for k, want in zip(made, (2 * x, x * x), strict=True):
         assert all(type(d._cache).__name__ == "NullCache" for d in (k.serial, k.parallel))
         for version in (k.serial, k.parallel):
             out = np.empty_like(x)
