@@ -66,22 +66,22 @@ def train_and_record(npz, kw):
     from tinygrad_gpt import train as T
     kw = dict(kw)
     losses, params = [], {}
-    originals = T.Trainer.train_step, T.Trainer.finish, T.GPT
+    originals = T.Trainer.train_step, T.finish, T.GPT
 
     def recording(self):
         value = originals[0](self)
         losses.append(value)
         return value
 
-    def finish(self, status):
+    def finish(trainer, status):
         # a host copy taken now (Tensor.numpy: CuPy data too; .copy: on cpu it is the parameter's own array)
-        params.update({n: p.numpy().copy() for n, p in self.model.named_parameters()})
-        return originals[1](self, status)
-    T.Trainer.train_step, T.Trainer.finish, T.GPT = recording, finish, model_class(kw.pop("dtype", "float32"))
+        params.update({n: p.numpy().copy() for n, p in trainer.model.named_parameters()})
+        return originals[1](trainer, status)
+    T.Trainer.train_step, T.finish, T.GPT = recording, finish, model_class(kw.pop("dtype", "float32"))
     try:
         T.train(progress=False, say=lambda *a, **k: None, **kw)
     finally:                                          # (the tests also call this in their own process)
-        T.Trainer.train_step, T.Trainer.finish, T.GPT = originals
+        T.Trainer.train_step, T.finish, T.GPT = originals
     dist = distributed.active()
     if dist is None or dist.is_root:
         np.savez(npz, losses=np.array(losses), **{f"p.{k}": v for k, v in params.items()})
@@ -95,12 +95,12 @@ def simulate(npz, n_ranks, kw):
     kw = dict(kw)
     GPT = model_class(kw.pop("dtype", "float32"))
     tc = make_config(kw.pop("preset", None), **kw)
-    corpus = load_corpus(tc.data, block_size=tc.block_size)
+    corpus = load_corpus(tc.data, block_size=tc.model.block_size)
     model = GPT(tc.model_config(corpus.tokenizer.vocab_size), seed=tc.seed)
     opt = AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
                 max_grad_norm=tc.grad_clip or None)
     assert len(opt.groups) == 1
-    sampler = BatchSampler(corpus.train, tc.block_size, tc.batch_size, seed=[tc.seed, 2])
+    sampler = BatchSampler(corpus.train, tc.model.block_size, tc.batch_size, seed=[tc.seed, 2])
     rows = tc.batch_size // n_ranks                                   # a rank's rows
     micro = rows // tc.grad_accum                                     # a micro-batch's rows
     losses = []

@@ -67,7 +67,7 @@ def test_rung_checkpoint_round_trip_gives_the_same_logits(tmp_path, corpus):
     job = RungRun(lecture.BY_NAME["multi-head"], load_corpus(corpus), tmp_path, seed=3, force=False)
     for _ in range(5):
         job.step()
-    job.rundir.save(ckpt_io.LAST, job.model, job.corpus.tokenizer, 5, job.opt, None, job.meta(5, 1, 2.0, 2.0, 1.0))
+    job.rundir.save(ckpt_io.LAST, 5, **job.checkpoint(job.meta(5, 1, 2.0, 2.0, 1.0)))
     state = tinygrad_gpt.get_rng_state()
     ck = ckpt_io.load(tmp_path / "multi-head" / ckpt_io.LAST)
     model = ck.build_model().eval()

@@ -1,25 +1,28 @@
-"""Time budgets (`tinygrad-gpt train --time 5m`): read the duration, time the run, fit max_iters to it.
+"""Time budgets (`tinygrad-gpt train --time 5m`): read the duration, time the run, plan max_iters to fit it.
 
-The budget runs from the start of train(). fit_to_budget, called once the trainer is built and before anything is
+The budget runs from the start of train(). plan_budget, called once the trainer is built and before anything is
 written:
   1. rehearses steps: one untimed (the first step of a process compiles or loads the kernels), then timed ones
-     (REHEARSAL_STEPS, about REHEARSAL_S in all); Trainer.rehearse puts back everything they changed, so the run
-     is bitwise the one `--max-iters` with the chosen number gives;
+     (REHEARSAL_STEPS, about REHEARSAL_S in all); `rehearse` takes the trainer's state() before them and loads it
+     after, so the run is bitwise the one `--max-iters` with the chosen number gives;
   2. times an evaluation (a fresh run's step-0 evaluation, which it then logs), and a trial checkpoint and plot
      written to a scratch directory and removed;
-  3. sets max_iters to the most steps that, with the evaluations and checkpoints they bring (fit_steps), fit in
+  3. plans max_iters: the most steps that, with the evaluations and checkpoints they bring (fit_steps), fit in
      what is left of the budget less BUDGET_MARGIN of it.
-The plan (max_iters, the timings it came from) is printed, logged with the next evaluation and stored in every
-checkpoint; `--resume` then continues the same schedule as any run. The closing sample is not in the budget.
-A budget with no room for one step and its evaluation is a ConfigError, raised before anything is written.
+It returns the plan (max_iters, the timings it came from); the trainer applies it (Trainer.apply_plan), prints it,
+logs it with the next evaluation and stores it in every checkpoint; `--resume` then continues the same schedule as
+any run. The closing sample is not in the budget. A budget with no room for one step and its evaluation is a
+ConfigError, raised before anything is written.
 """
 import math
 import re
 import time
 
+import numpy as np
+
 from . import checkpoint as ckpt_io
-from .config import ConfigError
-from .rundir import LAST, SaveFailed, plot_losses
+from .errors import ConfigError, SaveFailed
+from .rundir import LAST, plot_losses
 
 REHEARSAL_S = 1.0        # the timed rehearsal steps add up to about this ...
 REHEARSAL_STEPS = 3, 50  # ... with at least and at most this many steps
@@ -67,26 +70,23 @@ def fit_steps(seconds, start, step_s, eval_s, eval_interval):
     return lo
 
 
-def fit_to_budget(trainer, budget_s, t_start, label):
-    """--time: set trainer.tc.max_iters so that training, evaluations and checkpoints end within budget_s seconds of
-    t_start (see the module docstring). Returns the step-0 losses of a fresh run (measured here, to time an
-    evaluation), None for a resumed one. Raises ConfigError when not even one step and its evaluation fit."""
+def plan_budget(trainer, budget_s, t_start, label):
+    """--time: the plan that ends training, evaluations and checkpoints within budget_s seconds of t_start (see the
+    module docstring), and the step-0 losses of a fresh run (measured here, to time an evaluation; None for a
+    resumed one). Raises ConfigError when not even one step and its evaluation fit."""
     dist, tc, clock = trainer.dist, trainer.tc, time.perf_counter
-
-    def on_root(fn):                                  # data-parallel: rank 0 decides, every rank gets the answer
-        return fn() if dist is None else dist.on_root(fn)
 
     def timed_rehearsal(steps):
         t0 = clock()
-        trainer.rehearse(steps)
+        rehearse(trainer, steps)
         return (clock() - t0) / steps
 
-    trainer.rehearse(1)                               # untimed: the first step compiles or loads the kernels
+    rehearse(trainer, 1)                              # untimed: the first step compiles or loads the kernels
     low, high = REHEARSAL_STEPS
     first = timed_rehearsal(low)
-    more = on_root(lambda: min(high, max(low, math.ceil(REHEARSAL_S / first))) - low)
+    more = dist.on_root(lambda: min(high, max(low, math.ceil(REHEARSAL_S / first))) - low)   # the ranks agree
     step_s = first if more == 0 else (first * low + timed_rehearsal(more) * more) / (low + more)
-    trainer.warm_up_evaluation()
+    warm_up_evaluation(trainer)
     t0 = clock()
     losses = trainer.estimate_losses()                # a fresh run's step-0 evaluation; timed either way
     losses_s = clock() - t0
@@ -108,29 +108,51 @@ def fit_to_budget(trainer, budget_s, t_start, label):
         return {"time": label, "seconds": budget_s, "from_step": trainer.step, "max_iters": end,
                 "step_s": round(step_s, 6), "eval_s": round(eval_s, 4), "evaluations": evals,
                 "startup_s": round(spent, 3), "planned_end_s": round(spent + n * step_s + evals * eval_s, 3)}
-    budget = on_root(plan)
-    tc.max_iters = budget["max_iters"]
-    trainer.budget = trainer.unlogged_budget = budget
-    trainer.budget_t0 = t_start
+    budget = dist.on_root(plan)                       # data-parallel: rank 0 decides, every rank gets the plan
     trainer.say(f"time budget {label}: max_iters {budget['max_iters']:,} ({budget['max_iters'] - trainer.step:,} "
                 f"steps of {step_s * 1e3:.1f} ms, {budget['evaluations']} evaluation"
                 f"{'s' if budget['evaluations'] != 1 else ''} with checkpoints of "
                 f"{budget['eval_s']:.2f} s; {budget['startup_s']:.1f} s of start-up and timing; planned end at "
                 f"{budget['planned_end_s']:.0f} s of {budget_s:.0f} s)")
-    return losses if trainer.step == 0 else None
+    return budget, (losses if trainer.step == 0 else None)
+
+
+def rehearse(trainer, steps):
+    """Run `steps` training steps, then load the state from before them: afterwards the run is as if they never
+    happened (the loss and speed counters start over too). Dropout masks come from a throwaway generator
+    meanwhile, so the model's own (and on the GPU the device generator it seeds) is not touched."""
+    saved = trainer.state(collective=False)           # every rank takes (and puts back) its own dropout stream
+    model = trainer.model
+    throwaway, p = model.device.xp.random.default_rng(0), np.float32(model.config.dropout)
+    model.set_mask_source(lambda shape: throwaway.random(shape, dtype=np.float32) >= p)
+    try:
+        for _ in range(steps):
+            trainer.train_step()
+        trainer.sync_losses()                         # waits for the device: the steps are done when timed
+    finally:
+        model.set_mask_source(None)
+        trainer.load_state(saved)
+        trainer.pending, trainer.ema_loss, trainer.value = [], None, None
+        trainer.speed.reset()
+
+
+def warm_up_evaluation(trainer):
+    """One evaluation forward pass, discarded: the first in eval mode may compile or load kernels of its own."""
+    x, y = trainer.eval_sets["val"][0]
+    xm, ym = trainer.micro_batches(x, y)[0]
+    with trainer.model.evaluating():
+        trainer.model(xm, ym)
 
 
 def _trial_save(trainer):
     """Time one checkpoint and one plot, written to a scratch directory and removed. Returns (save_s, plot_s)."""
     clock = time.perf_counter
-    rng = trainer.rng_state(collective=False)                      # runs on the root only
     records = [{"step": 0, "train_loss": 1.0, "val_loss": 1.0}]
     try:
         with trainer.rundir.scratch() as tmp:
             plot_losses(records, tmp / "loss.png", trainer.title)    # untimed: the first plot imports matplotlib
             t0 = clock()
-            ckpt_io.save(tmp / LAST, trainer.model, trainer.corpus.tokenizer, trainer.step, optimizer=trainer.opt,
-                         optimizer_names=trainer.names, meta=trainer.checkpoint_meta(rng))
+            ckpt_io.write(tmp / LAST, **trainer.checkpoint(trainer.state(collective=False)))  # on the root only
             t1 = clock()
             plot_losses(records, tmp / "loss.png", trainer.title)
             return t1 - t0, clock() - t1

@@ -124,13 +124,27 @@ def save(path, model, tokenizer, step, optimizer=None, optimizer_names=None, met
     (RNG states, best_val_loss, train settings, ...), each checked against the meta.json schema below (ValueError
     for one it does not know or of the wrong type).
     """
+    return write(path, tokenizer=tokenizer, step=step, meta=meta, **contents(model, optimizer, optimizer_names))
+
+
+def contents(model, optimizer=None, optimizer_names=None):
+    """write()'s config, model_state, optimizer_state and optimizer_names from a model and its AdamW (a lecture
+    rung has no GPTConfig: its meta gives the "config")."""
+    names = list(optimizer_names) if optimizer_names is not None else [n for n, _ in model.named_parameters()]
+    return {"config": getattr(model, "config", None), "model_state": {k: v.numpy() for k, v in
+                                                                       model.state_dict().items()},
+            "optimizer_state": None if optimizer is None else optimizer.state_dict(), "optimizer_names": names}
+
+
+def write(path, config, tokenizer, step, model_state, optimizer_state=None, optimizer_names=None, meta=None):
+    """save(), from the states: model_state {name: array}, optimizer_state an AdamW state_dict whose parameters
+    are named by optimizer_names, in order (what a training run's Trainer.state() holds)."""
     path = Path(path)
-    state = {k: np.ascontiguousarray(v.numpy(), dtype=np.float32) for k, v in model.state_dict().items()}
+    state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model_state.items()}
     files = {MODEL_FILE: st_save(state, metadata={"format": FORMAT})}
     info = dict(meta or {})
-    if optimizer is not None:
-        names = list(optimizer_names) if optimizer_names is not None else [n for n, _ in model.named_parameters()]
-        sd = optimizer.state_dict()
+    if optimizer_state is not None:
+        names, sd = list(optimizer_names), optimizer_state
         if len(names) != len(sd["exp_avg"]):
             raise ValueError(f"{len(names)} names for {len(sd['exp_avg'])} optimizer parameters")
         moments = {}
@@ -143,7 +157,7 @@ def save(path, model, tokenizer, step, optimizer=None, optimizer_names=None, met
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "tinygrad_gpt_version": __version__,
-        "config": dataclasses.asdict(model.config) if "model" not in info else info["config"],
+        "config": dataclasses.asdict(config) if "model" not in info else info["config"],
         "tokenizer": {"type": "char", "chars": list(tokenizer.chars)},
         "step": int(step),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

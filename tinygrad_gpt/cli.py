@@ -11,22 +11,35 @@ divergence) is printed once and every rank exits with its status; an error on on
 rank's number and ends the whole job (MPI_Abort), so no rank waits forever for the others.
 """
 import argparse
+import json
 import os
 import sys
+import time
 import traceback
 
-EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+import numpy as np
 
+from . import distributed
+from .backend import cuda_available
+from .compare import compare
+from .config import DEFAULT_PRESET, PRESETS, TrainConfig, make_config, setting_fields, setting_names
+from .errors import RunFailed, UsageError
+from .evaluate import SPLITS, describe, evaluate
+from .import_torch import import_state_dict
+from .ladder import run as run_ladder
+from .lecture import RUNGS
+from .model import GPT, count_parameters
+from .sample import main_stream, sample
+from .train import train
 
-class _UsageError(Exception):
-    pass
+EXIT_INTERRUPTED = 130                     # Ctrl-C; the other statuses are errors.py's
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line ("error: ..." plus where to find help), not the usage dump."""
 
     def error(self, message):
-        raise _UsageError(f"{message} (see: {self.prog} --help)")
+        raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
 def _int(text):
@@ -38,8 +51,6 @@ def _int(text):
 
 
 def build_parser():
-    from .config import DEFAULT_PRESET, PRESETS
-    from .evaluate import SPLITS
     p = _Parser(prog="tinygrad-gpt", description="Train and sample the char-level GPT of \"Let's build GPT\" "
                 "on a NumPy autograd engine (no torch).")
     sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,bench,import-torch,ladder,compare}",
@@ -59,47 +70,17 @@ def build_parser():
                        "  tinygrad-gpt train --time 5m --out runs/5m        # max_iters fitted to 5 minutes\n"
                        "  tinygrad-gpt train --preset lecture --grad-accum 4  # 4 micro-batches of 16 rows per step\n"
                        "  mpiexec -n 2 tinygrad-gpt train --batch-size 32    # data-parallel, 16 rows per rank")
-    t.add_argument("--preset", choices=list(PRESETS), default=None,
-                   help=f"named settings, listed below [{DEFAULT_PRESET}]")
-    t.add_argument("--data", metavar="FILE", help="UTF-8 text corpus (default: the packaged tiny Shakespeare)")
-    t.add_argument("--out", metavar="DIR", help="run directory for checkpoints, log, plot (default: runs/PRESET)")
-    t.add_argument("--device", choices=["cpu", "cuda"], help="cpu (NumPy) or cuda (CuPy) [cpu]")
-    t.add_argument("--seed", type=_int, help="seed of the initialisation, batches and dropout [1337]")
+    groups = _add_settings(t)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--force", action="store_true", help="start over in an --out that holds a run (deletes it)")
     t.add_argument("--stop-at", type=_int, metavar="STEP",
                    help="stop (saving a checkpoint) after this step, keeping the schedule; continue with --resume")
-    m = t.add_argument_group("model (preset values unless given)")
-    m.add_argument("--batch-size", type=_int)
-    m.add_argument("--block-size", type=_int, help="context length T")
-    m.add_argument("--n-embd", type=_int)
-    m.add_argument("--n-head", type=_int)
-    m.add_argument("--n-layer", type=_int)
-    m.add_argument("--dropout", type=float)
-    m.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
-                   help="biases in Linear and LayerNorm layers [on]")
-    m.add_argument("--activation", choices=["relu", "gelu"], help="MLP activation [relu]")
-    o = t.add_argument_group("optimisation (preset values unless given)")
-    o.add_argument("--max-iters", type=_int, help="optimizer steps in the whole run")
-    o.add_argument("--time", metavar="DURATION", dest="time_budget",
-                   help="train for this wall-clock time (90s, 5m, 1h, 1h30m): max_iters is fitted to it from the "
-                   "first steps' timing and stored, so --resume continues the same schedule; not with --max-iters")
-    o.add_argument("--lr", type=float, help="peak learning rate")
-    o.add_argument("--lr-schedule", choices=["constant", "cosine"], help="after the warmup")
-    o.add_argument("--warmup-iters", type=_int, help="linear warmup steps")
-    o.add_argument("--min-lr", type=float, help="where the cosine ends [lr / 10]")
-    o.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay, on every parameter [0.01]")
-    o.add_argument("--beta1", type=float, help="[0.9]")
-    o.add_argument("--beta2", type=float, help="[0.999]")
-    o.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this; 0: off")
-    o.add_argument("--grad-accum", type=_int, metavar="N",
-                   help="average the gradients of N micro-batches of batch_size/N rows per step (memory of one "
-                   "micro-batch, result of the whole batch) [1]")
-    e = t.add_argument_group("evaluation and output")
-    e.add_argument("--eval-interval", type=_int, help="steps between evaluations (and checkpoints)")
-    e.add_argument("--eval-iters", type=_int, help="fixed batches per split per evaluation [20]")
-    e.add_argument("--sample-chars", type=_int, help="characters sampled at the end; 0: none [500]")
-    e.add_argument("--no-progress", action="store_true", help="no progress bar (evaluation lines only)")
+    groups["optimisation"].add_argument(
+        "--time", metavar="DURATION", dest="time_budget",
+        help="train for this wall-clock time (90s, 5m, 1h, 1h30m): max_iters is fitted to it from the first steps' "
+        "timing and stored, so --resume continues the same schedule; not with --max-iters")
+    groups["evaluation"].add_argument("--no-progress", action="store_true",
+                                      help="no progress bar (evaluation lines only)")
     d = t.add_argument_group("data-parallel (automatic under mpiexec with several processes; needs mpi4py)")
     d.add_argument("--ddp", action="store_true",
                    help="run data-parallel even when not detected from the MPI environment")
@@ -184,8 +165,30 @@ def build_parser():
     return p
 
 
+def _add_settings(parser):
+    """One flag per training setting (config.setting_fields: TrainConfig's fields and the model's), --block-size
+    for block_size, its help from the field's metadata. Unset, a flag leaves the preset's value; the help shows the
+    default of a setting no preset sets. Returns the argument groups {name: group}."""
+    presets_set = {k for cfg in PRESETS.values() for k in cfg}
+    groups = {None: parser,
+              "model": parser.add_argument_group("model and batch (preset values unless given)"),
+              "optimisation": parser.add_argument_group("optimisation (preset values unless given)"),
+              "evaluation": parser.add_argument_group("evaluation and output")}
+    for name, f in setting_fields():
+        meta, kw = f.metadata, {"default": None}
+        if f.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = {int: _int, float: float, str: str}[f.type]
+        kw.update({k: list(v) if k == "choices" else v for k, v in meta.items() if k in ("choices", "metavar")})
+        shown = "" if name in presets_set or f.default is None else f" [{f.default}]"
+        kw["help"] = meta["help"].replace("%", "%%") + shown
+        group = meta.get("group", None if name in TrainConfig.__dataclass_fields__ else "model")
+        groups[group].add_argument("--" + name.replace("_", "-"), **kw)
+    return groups
+
+
 def _ladder_parser(sub):
-    from .lecture import RUNGS
     d = sub.add_parser("ladder", help="train the lecture's rungs, bigram to scaled-up GPT, and compare them",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train every rung of the lecture (tinygrad_gpt/lecture/, examples/lecture/ in the "
@@ -207,8 +210,7 @@ def _ladder_parser(sub):
 
 
 def _ladder(args):
-    from .ladder import run
-    run(args.out, args.time, data=args.data, rungs=args.rungs, seed=args.seed, force=args.force,
+    run_ladder(args.out, args.time, data=args.data, rungs=args.rungs, seed=args.seed, force=args.force,
         progress=not args.no_progress, max_steps=args.max_steps)
     return 0
 
@@ -231,23 +233,14 @@ def _compare_parser(sub):
 
 
 def _compare(args):
-    from .compare import CompareError, compare
-    try:
-        compare(args.runs, json_out=args.json, markdown=args.markdown, plot=args.plot)
-    except CompareError as e:
-        raise _UsageError(str(e)) from None
+    compare(args.runs, json_out=args.json, markdown=args.markdown, plot=args.plot)
     return 0
 
 
 def _import_torch(args):
-    from .import_torch import StateDictError, import_state_dict
-    from .model import count_parameters
-    try:
-        out, cfg, scheme = import_state_dict(args.state_dict, args.out, data=args.data,
-                                             attention_scale=args.attention_scale, n_head=args.n_head,
-                                             activation=args.activation, force=args.force)
-    except StateDictError as e:
-        raise _UsageError(str(e)) from None
+    out, cfg, scheme = import_state_dict(args.state_dict, args.out, data=args.data,
+                                         attention_scale=args.attention_scale, n_head=args.n_head,
+                                         activation=args.activation, force=args.force)
     print(f"imported {args.state_dict} ({'the lecture' if scheme == 'lecture' else 'tinygrad_gpt'}'s names, "
           f"{count_parameters(cfg):,} parameters: n_layer={cfg.n_layer} n_head={cfg.n_head} n_embd={cfg.n_embd} "
           f"block_size={cfg.block_size} vocab_size={cfg.vocab_size}) into {out}\n"
@@ -256,14 +249,9 @@ def _import_torch(args):
 
 
 def _train(args):
-    import dataclasses
-
-    from .config import TrainConfig
-    from .train import train
-    fields = (f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset")   # each has its --flag
-    overrides = {k: getattr(args, k) for k in fields if getattr(args, k, None) is not None}
+    overrides = {k: getattr(args, k) for k in setting_names() if k != "preset" and getattr(args, k) is not None}
     if args.check_sync < 0:
-        raise _UsageError(f"--check-sync must be >= 0, got {args.check_sync}")
+        raise UsageError(f"--check-sync must be >= 0, got {args.check_sync}")
     result = train(preset=args.preset, resume=args.resume, force=args.force, stop_at=args.stop_at,
                    time_budget=args.time_budget, progress=not args.no_progress, ddp=True if args.ddp else None,
                    check_sync=args.check_sync, **overrides)
@@ -271,7 +259,6 @@ def _train(args):
 
 
 def _sample(args):
-    from .sample import main_stream, sample
     sample(args.ckpt, prompt=args.prompt, num_chars=args.num_chars, temperature=args.temperature,
            top_k=args.top_k, seed=args.seed, device=args.device, use_cache=not args.no_cache, stream=main_stream(),
            window=args.window)
@@ -279,8 +266,6 @@ def _sample(args):
 
 
 def _eval(args):
-    import json
-    from .evaluate import describe, evaluate
     result = evaluate(args.ckpt, data=args.data, split=args.split, batch_size=args.batch_size, device=args.device,
                       progress=not args.no_progress, note=lambda text: print(text, file=sys.stderr))
     print(json.dumps(result) if args.json else describe(result))
@@ -289,16 +274,10 @@ def _eval(args):
 
 def _bench(args):
     """Median time of `steps` training steps after `warmup` ones, per device, on a batch of random tokens."""
-    import json
-    import time
 
-    import numpy as np
 
-    from .backend import cuda_available
-    from .config import make_config
-    from .model import GPT
     if args.steps < 1 or args.warmup < 0:
-        raise _UsageError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+        raise UsageError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
     tc = make_config(args.preset)
     cfg = tc.model_config(vocab_size=65)
     data = np.random.default_rng(0).integers(0, cfg.vocab_size, (tc.batch_size, cfg.block_size + 1))
@@ -329,7 +308,6 @@ def _bench(args):
 def _error(message, code, exc=None):
     """Print the one-line error and return the exit status. Data-parallel: an error of this rank alone (not
     marked all_ranks) ends the whole job; one that every rank met is printed by rank 0 only."""
-    from . import distributed
     text = " ".join(str(message).split())
     dist = distributed.active()
     if dist is not None and dist.size > 1 and not getattr(exc if exc is not None else message, "all_ranks", False):
@@ -342,29 +320,18 @@ def _error(message, code, exc=None):
 
 def main(argv=None):
     """Run the command line with `argv` (default: sys.argv[1:]); returns the exit status."""
-    from .backend import DeviceError
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .sample import SampleError
-    from .distributed import DistributedError
-    from .config import ConfigError
-    from .evaluate import EvalError
-    from .rundir import SaveFailed
-    from .train import TrainingDiverged
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
         return {"train": _train, "sample": _sample, "eval": _eval, "bench": _bench,
                 "import-torch": _import_torch, "ladder": _ladder,
                 "compare": _compare}[args.command](args)
-    except _UsageError as e:
-        return _error(e, EXIT_USAGE)
     except SystemExit as e:                # --help
         return e.code if isinstance(e.code, int) else 0
-    except (ConfigError, DataError, CheckpointError, DeviceError, SampleError, EvalError, DistributedError) as e:
-        return _error(e, EXIT_USAGE)
-    except (TrainingDiverged, SaveFailed) as e:
-        return _error(e, EXIT_FAILED)
+    except UsageError as e:                # bad input, nothing written: 2
+        return _error(e, e.exit_status)
+    except RunFailed as e:                 # a run that diverged or could not save, its last checkpoint intact: 1
+        return _error(e, e.exit_status)
     except BrokenPipeError:                # `tinygrad-gpt sample | head`: the reader left; not an error
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -375,14 +342,13 @@ def main(argv=None):
     except KeyboardInterrupt:
         return _error("interrupted", EXIT_INTERRUPTED)
     except OSError as e:                   # e.g. the disk filled up while saving
-        return _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}", EXIT_FAILED, e)
+        return _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}", RunFailed.exit_status, e)
     except Exception as e:                 # a bug. Data-parallel, the job must not hang on it: traceback, abort
-        from . import distributed
         if distributed.active() is None:
             raise
         if not getattr(e, "all_ranks", False):
             traceback.print_exc()          # this rank alone: where it failed, then the job ends
-        return _error(e, EXIT_FAILED)
+        return _error(e, RunFailed.exit_status)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,20 @@
 A preset fixes the model and the optimisation; any field can be overridden (CLI: --n-layer 6, --lr 6e-4, ...).
 A resumed run takes its settings from its checkpoint: the training settings may change (max_iters, lr, ...), the
 model's shape and the seed may not.
+
+TrainConfig holds the model's GPTConfig (`tc.model`) beside the training settings, no field in both. Outside, the
+settings are one flat set of names (`setting_names()`): the presets, the command line's flags (cli.py makes one of
+each field, its help from the field's metadata), train()'s keyword overrides and the "train" record of a
+checkpoint's meta.json all say `block_size`, `lr`, ... alike (`flat()` and `from_flat()` convert). A new setting is
+one line: a field here (or in GPTConfig) with its help.
 """
 import dataclasses
 import math
 from pathlib import Path
 
-from .model import GPTConfig
+from .checkpoint import META_FILE
+from .errors import CheckpointError, ConfigError
+from .model import GPTConfig, setting
 from .optim import AdamW
 
 PRESETS = {
@@ -29,50 +37,61 @@ PRESETS = {
                 grad_clip=1.0),
 }
 DEFAULT_PRESET = "cpu"
-ARCH_FIELDS = ("block_size", "n_embd", "n_head", "n_layer", "bias", "activation")   # fixed once a run exists
 SCHEDULES = ("constant", "cosine")
-
-
-class ConfigError(ValueError):
-    """Impossible settings or an unusable output directory; the message is one line meant for the user."""
+MODEL_SETTINGS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size")  # (the corpus')
+CHANGEABLE_ON_RESUME = ("dropout",)     # the one model setting a resumed run may change
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    preset: str = DEFAULT_PRESET
-    data: str = None                   # corpus file; None: the packaged tiny Shakespeare
-    out: str = None                    # run directory; None: runs/<preset>
-    device: str = "cpu"
-    seed: int = 1337
-    # model
-    batch_size: int = 16
-    block_size: int = 64
-    n_embd: int = 128
-    n_head: int = 4
-    n_layer: int = 4
-    dropout: float = 0.0
-    bias: bool = True
-    activation: str = "relu"
-    # optimisation
-    lr: float = 1e-3
-    min_lr: float = None               # cosine floor; None: lr / 10
-    lr_schedule: str = "constant"      # "constant" or "cosine" (both after a linear warmup of warmup_iters)
-    warmup_iters: int = 0
-    max_iters: int = 1000
-    weight_decay: float = 0.01         # on every parameter, as the lecture's torch.optim.AdamW defaults
-    beta1: float = 0.9
-    beta2: float = 0.999
-    grad_clip: float = 0.0             # global gradient-norm clip; 0 disables
-    grad_accum: int = 1                # micro-batches per optimizer step, batch_size / grad_accum rows each
-    # evaluation and output
-    eval_interval: int = 100
-    eval_iters: int = 20               # batches per split per evaluation
-    sample_chars: int = 500            # characters sampled at the end of the run; 0: none
+    """The settings of a training run. The defaults are what a preset leaves unset."""
+    preset: str = setting(DEFAULT_PRESET, "named settings, listed below", choices=tuple(PRESETS))
+    data: str = setting(None, "UTF-8 text corpus (default: the packaged tiny Shakespeare)", metavar="FILE")
+    out: str = setting(None, "run directory for checkpoints, log, plot (default: runs/PRESET)", metavar="DIR")
+    device: str = setting("cpu", "cpu (NumPy) or cuda (CuPy)", choices=("cpu", "cuda"))
+    seed: int = setting(1337, "seed of the initialisation, batches and dropout")
+    batch_size: int = setting(16, "rows of each batch (all ranks together, data-parallel)", group="model")
+    model: GPTConfig = dataclasses.field(default_factory=lambda: GPTConfig(vocab_size=None))
+    lr: float = setting(1e-3, "peak learning rate", group="optimisation")
+    min_lr: float = setting(None, "where the cosine ends (default: lr / 10)", group="optimisation")
+    lr_schedule: str = setting("constant", "after the linear warmup", choices=SCHEDULES, group="optimisation")
+    warmup_iters: int = setting(0, "linear warmup steps", group="optimisation")
+    max_iters: int = setting(1000, "optimizer steps in the whole run", group="optimisation")
+    weight_decay: float = setting(0.01, "AdamW decoupled weight decay, on every parameter (the lecture's "
+                                  "torch.optim.AdamW default)", group="optimisation")
+    beta1: float = setting(0.9, "AdamW's first-moment decay", group="optimisation")
+    beta2: float = setting(0.999, "AdamW's second-moment decay", group="optimisation")
+    grad_clip: float = setting(0.0, "clip the global gradient norm to this; 0: off", group="optimisation")
+    grad_accum: int = setting(1, "average the gradients of N micro-batches of batch_size/N rows per step (memory "
+                              "of one micro-batch, result of the whole batch)", metavar="N", group="optimisation")
+    eval_interval: int = setting(100, "steps between evaluations (and checkpoints)", group="evaluation")
+    eval_iters: int = setting(20, "fixed batches per split per evaluation", group="evaluation")
+    sample_chars: int = setting(500, "characters sampled at the end; 0: none", group="evaluation")
+
+    # ---- the flat names ----------------------------------------------------------------------------------------
+    def flat(self):
+        """{setting: value} in setting_names() order: the training fields, the model's in place of `model`."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "model":
+                out.update({k: getattr(self.model, k) for k in MODEL_SETTINGS})
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
+
+    @classmethod
+    def from_flat(cls, settings):
+        """A TrainConfig (not yet validated) from flat settings; ConfigError names an unknown one."""
+        unknown = sorted(set(settings) - set(setting_names()))
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        model = {k: v for k, v in settings.items() if k in MODEL_SETTINGS}
+        return cls(**{k: v for k, v in settings.items() if k not in MODEL_SETTINGS},
+                   model=GPTConfig(vocab_size=None, **model))
 
     def model_config(self, vocab_size):
-        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_embd=self.n_embd,
-                         n_head=self.n_head, n_layer=self.n_layer, dropout=self.dropout, bias=self.bias,
-                         activation=self.activation)
+        """The model's GPTConfig, with the vocabulary size the corpus gives."""
+        return dataclasses.replace(self.model, vocab_size=vocab_size)
 
     def optimizer(self, params):
         """The AdamW these settings train with (lr, betas, weight decay, gradient clipping)."""
@@ -138,8 +157,23 @@ class TrainConfig:
         return floor + 0.5 * (self.lr - floor) * (1 + math.cos(math.pi * progress))   # cosine from lr to floor
 
 
+def setting_fields():
+    """(name, dataclass field) of every setting, in setting_names() order: what cli.py makes its flags from."""
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model":
+            out += [(g.name, g) for g in dataclasses.fields(GPTConfig) if g.name in MODEL_SETTINGS]
+        else:
+            out.append((f.name, f))
+    return out
+
+
+def setting_names():
+    return [name for name, _ in setting_fields()]
+
+
 def make_config(preset=None, **overrides):
-    """A TrainConfig from a preset (default "cpu") with fields overridden; validated."""
+    """A TrainConfig from a preset (default "cpu") with settings overridden; validated."""
     preset = DEFAULT_PRESET if preset is None else preset
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
@@ -151,14 +185,13 @@ _SINCE_FORMAT_1 = {"grad_accum": 1}
 
 
 def check_saved_settings(ckpt):
-    """The training settings a checkpoint holds (its meta "train") must be exactly TrainConfig's fields, valid, and
-    describe the checkpoint's model config: else CheckpointError (the checkpoint is at fault, not the user's flags),
-    never a resume with a default in place of a lost setting."""
-    from .checkpoint import META_FILE, CheckpointError
+    """The training settings a checkpoint holds (its meta "train") must be exactly the settings, valid, and describe
+    the checkpoint's model config: else CheckpointError (the checkpoint is at fault, not the user's flags), never a
+    resume with a default in place of a lost setting."""
     saved = dict(ckpt.meta["train"])
     if ckpt.meta["format_version"] == 1:
         saved = {**_SINCE_FORMAT_1, **saved}
-    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    known = setting_names()
     odd = [f"lacks {k}" for k in known if k not in saved] + [f"has an unknown {k!r}" for k in saved if k not in known]
     try:
         if odd:
@@ -176,20 +209,17 @@ def resume_config(saved, preset, overrides, out):
     if preset is not None and preset != saved.get("preset"):
         raise ConfigError(f"the run in {out} uses preset {saved.get('preset')!r}, not {preset!r}: "
                           "drop --preset to resume it")
-    changed = [f"{k} (run: {saved.get(k)!r}, asked: {overrides[k]!r})" for k in ARCH_FIELDS + ("seed",)
+    fixed = [k for k in MODEL_SETTINGS if k not in CHANGEABLE_ON_RESUME] + ["seed"]
+    changed = [f"{k} (run: {saved.get(k)!r}, asked: {overrides[k]!r})" for k in fixed
                if k in overrides and overrides[k] != saved.get(k)]
     if changed:
         raise ConfigError(f"cannot change {', '.join(changed)} when resuming the run in {out}")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = set(setting_names())
     return _build({k: v for k, v in {**saved, **overrides, "out": str(out)}.items() if k in known})
 
 
-def _build(fields):
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
-    tc = TrainConfig(**fields)
+def _build(settings):
+    tc = TrainConfig.from_flat(settings)
     if tc.out is None:
         tc.out = str(Path("runs") / tc.preset)
     return tc.validate()

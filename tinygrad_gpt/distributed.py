@@ -83,7 +83,7 @@ def all_ranks(exc):
 
 
 def setup(ddp=None):
-    """The DataParallel for this run, or None for a plain one-process run (nothing imported).
+    """This rank's DataParallel, or a SingleProcess for a plain one-process run (nothing imported).
 
     ddp None: data-parallel when launched by mpiexec with more than one process; True: always (without mpiexec,
     a one-rank "singleton" MPI job); False: never."""
@@ -92,7 +92,7 @@ def setup(ddp=None):
         return _active
     launch = launched_by_mpi()
     if ddp is False or (ddp is None and (launch is None or launch[1] < 2)):
-        return None
+        return SingleProcess()
     try:
         from mpi4py import MPI
     except (ImportError, RuntimeError, OSError) as e:
@@ -103,9 +103,51 @@ def setup(ddp=None):
     return _active
 
 
+class SingleProcess:
+    """A plain run, with DataParallel's interface: the training loop calls the same methods either way. One rank
+    holds the whole batch; averaging only turns the sum of grad_accum micro-batch means into their mean."""
+    rank, size, is_root, data_parallel = 0, 1, True, False
+
+    def __init__(self):
+        self.groups = []
+
+    def rows(self, batch_size):
+        return None                        # every row of the batch
+
+    def on_root(self, fn):
+        return fn()
+
+    def bind_device(self, device):
+        pass
+
+    def attach(self, opt):
+        self.groups = opt.groups           # each group keeps its own flat gradient buffer
+
+    def average(self, loss, stop=False, parts=1):
+        """The gradient hook's body: scale the sum of `parts` micro-batch means (the gradients in the groups' flat
+        buffers, and `loss`) to their mean. Returns (mean loss, stop), the loss as it is (on the GPU: on the device,
+        not read back)."""
+        if parts > 1:
+            for grp in self.groups:
+                grp.grad *= 1.0 / parts
+            loss = loss * (1.0 / parts)
+        return loss, stop
+
+    def mean(self, values):
+        return list(values)
+
+    def gather(self, obj):
+        return [obj]
+
+    def check_sync(self, opt, step):
+        pass
+
+
 class DataParallel:
     """One rank of a data-parallel run: the communicator, the flat gradient buffer, and the collectives the
     training loop needs (all of them called by every rank at the same points)."""
+
+    data_parallel = True
 
     def __init__(self, comm, MPI):
         self.comm, self.MPI = comm, MPI

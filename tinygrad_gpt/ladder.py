@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import checkpoint as ckpt_io
 from . import lecture
 from . import rng as _rng
 from .budget import parse_duration
@@ -125,7 +126,7 @@ class RungRun:
         t0 = time.perf_counter()
         self.estimate()
         with self.rundir.scratch() as scratch:
-            RunDir(scratch).save(LAST, self.model, self.corpus.tokenizer, 0, self.opt, None, self.meta(1, 1, 0, 0, 0))
+            RunDir(scratch).save(LAST, 0, **self.checkpoint(self.meta(1, 1, 0, 0, 0)))
         eval_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         list(self.sample(10))
@@ -164,9 +165,9 @@ class RungRun:
                     history.append(rec)
                     self.rundir.record(rec, history, title, plot=step == steps)
                     meta = self.meta(steps, interval, val_loss, best, rec["elapsed_s"])
-                    self.rundir.save(LAST, self.model, self.corpus.tokenizer, step, self.opt, None, meta)
+                    self.rundir.save(LAST, step, **self.checkpoint(meta))
                     if improved:
-                        self.rundir.save(BEST, self.model, self.corpus.tokenizer, step, self.opt, None, meta)
+                        self.rundir.save(BEST, step, **self.checkpoint(meta))
                 if step == steps:
                     break
                 t0 = time.perf_counter()
@@ -184,6 +185,10 @@ class RungRun:
                 "train_loss": history[-1]["train_loss"], "val_loss": history[-1]["val_loss"], "best_val_loss": best,
                 "theirs": self.rung.theirs, "theirs_val": self.rung.theirs_val, "hp": self.hp, "sample": text,
                 "curve": [(r["step"], r["val_loss"]) for r in history]}
+
+    def checkpoint(self, meta):
+        """checkpoint.write's arguments (RunDir.save's) for this rung's model and optimizer with `meta`."""
+        return {"tokenizer": self.corpus.tokenizer, "meta": meta, **ckpt_io.contents(self.model, self.opt)}
 
     def meta(self, steps, interval, val_loss, best, elapsed):
         """meta.json's fields for this rung's checkpoints (checkpoint.save adds the rest)."""

@@ -16,16 +16,21 @@ from .nn import Dropout, Embedding, Init, LayerNorm, Linear, Module, ModuleList,
 from .tensor import Tensor
 
 
+def setting(default, help, **argparse):
+    """A config field with its command-line help (and argparse's choices or metavar): cli.py makes a flag of it."""
+    return dataclasses.field(default=default, metadata={"help": help, **argparse})
+
+
 @dataclasses.dataclass
 class GPTConfig:
-    vocab_size: int = 65
-    block_size: int = 32
-    n_embd: int = 64
-    n_head: int = 4
-    n_layer: int = 4
-    dropout: float = 0.0
-    bias: bool = True
-    activation: str = "relu"
+    vocab_size: int = setting(65, "characters in the vocabulary (training: from the corpus)")
+    block_size: int = setting(32, "context length T")
+    n_embd: int = setting(64, "embedding width C")
+    n_head: int = setting(4, "attention heads per block (n_embd must divide by it)")
+    n_layer: int = setting(4, "transformer blocks")
+    dropout: float = setting(0.0, "dropout probability after attention, projections and the MLP")
+    bias: bool = setting(True, "biases in Linear and LayerNorm layers")
+    activation: str = setting("relu", "MLP activation", choices=("relu", "gelu"))
 
     def validate(self):
         """Raise ValueError with one line naming the first impossible setting."""
@@ -221,7 +226,7 @@ class GPT(Module):
             idx = self._check_idx(idx, pos0)                       # (B, t) at positions pos0 .. pos0 + t - 1
             x = self.tok_emb(idx) + self.pos_emb.weight[pos0:pos0 + idx.shape[1]]   # (B, t, C)
             caches = cache
-        for blk, layer_cache in zip(self.blocks, caches):
+        for blk, layer_cache in zip(self.blocks, caches, strict=True):
             x = blk(x, cache=layer_cache)
         logits = self.lm_head(self.ln_f(x))                        # (B, t, V)
         if targets is None:

@@ -103,14 +103,14 @@ class RunDir:
         if plot:
             plot_losses(history, self.plot_path, title)
 
-    def save(self, name, model, tokenizer, step, optimizer, optimizer_names, meta):
-        """Write checkpoint `name` (last or best) atomically; SaveFailed (one line) when the disk says no."""
+    def save(self, name, step, **checkpoint):
+        """Write checkpoint `name` (last or best) atomically (checkpoint.write's arguments); SaveFailed (one line)
+        when the disk says no."""
         if not self.writes:
             return
         path = self.path / name
         try:
-            ckpt_io.save(path, model, tokenizer, step, optimizer=optimizer, optimizer_names=optimizer_names,
-                         meta=meta)
+            ckpt_io.write(path, step=step, **checkpoint)
         except OSError as e:
             kept = "the previous checkpoint there is intact" if path.exists() else "nothing was saved"
             raise SaveFailed(f"could not save the step-{step} checkpoint {path}: {e.strerror or e}; {kept}") from None

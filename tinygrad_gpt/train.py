@@ -1,13 +1,14 @@
 """Training: the loop, one step, evaluation and checkpoints, exact resume, time budgets.
 
     setup = prepare(...)              every check of settings, corpus, checkpoint and run directory; nothing written
-    trainer = Trainer(setup)          model, AdamW, the batch stream, the fixed evaluation batches
-    --time: fit_to_budget(...)        rehearses a few steps, then fixes max_iters (budget.py)
+    trainer = Trainer(setup, ...)     model, AdamW, the batch stream, the fixed evaluation batches; a checkpoint's
+                                      state loaded on --resume
+    --time: plan_budget(...)          rehearses a few steps, returns the plan; trainer.apply_plan fixes max_iters
     evaluate at step 0                the loss before training, for the curve
     while step < max_iters:
         train_step()                  grad_accum micro-batches, the gradient hook, one AdamW update
         every eval_interval steps and at the last: evaluate, log, plot, save last/ (and best/ when better)
-    finish()                          a sample from the final model
+    finish(trainer)                   closing lines and a sample from the final model
 
 Steps count optimizer updates: "step 500" is the state after 500 updates. An evaluation runs on eval_iters fixed
 batches of each split, drawn once from their own seeds, in eval mode under no_grad, so successive evaluations
@@ -16,14 +17,20 @@ compare like with like and touch neither the training batch stream nor the dropo
 
 One step (train_step): the batch's rows are split into grad_accum equal micro-batches; each one's forward and
 backward adds its gradient into the parameters' .grad. AdamW gathers them into its flat buffer and calls the
-step's gradient hook before clipping and updating: the hook turns the sum of micro-batch means into their mean
-(equal parts: the mean over the whole batch) and, data-parallel, averages over the ranks in the same pass. It
-also checks the loss, so a NaN or infinite loss stops the run before any parameter changes. On the GPU the loss
-stays on the device and is read back every SYNC_EVERY steps and before any evaluation or checkpoint.
+step's gradient hook before clipping and updating: the hook asks the run's `dist` to average (the sum of
+micro-batch means becomes their mean, the mean over the whole batch; data-parallel, over the ranks too, in the same
+pass). It also checks the loss, so a NaN or infinite loss stops the run before any parameter changes. On the GPU
+in one process the loss stays on the device and is read back every SYNC_EVERY steps and before any evaluation or
+checkpoint.
 
-Exact resume: a checkpoint holds the parameters, AdamW's moments and step, the dropout generator's state
-(model.rng) and the batch sampler's state, so N steps + resume for N more gives bitwise the parameters of 2N
-steps in one go (on the CPU; same NumPy and BLAS thread count).
+`dist` is distributed.py's SingleProcess for a plain run, or this rank's DataParallel: the same methods, so the
+loop does not ask which.
+
+State: `Trainer.state()` is everything the rest of the run depends on (parameters, AdamW's moments and counts, the
+dropout and batch generators, the step, the best loss, the time budget's plan), and `load_state()` puts it back.
+A checkpoint is a state written to disk; `--resume` loads one; the time budget's rehearsal takes one before its
+trial steps and loads it after. So N steps + resume for N more gives bitwise the parameters of 2N steps in one go
+(on the CPU; same NumPy and BLAS thread count).
 
 Time budget (--time 5m, budget.py): the trainer rehearses a few steps and puts back everything they changed,
 times an evaluation and a checkpoint, then fixes max_iters to what fits; the cosine schedule spans it, and the run
@@ -42,21 +49,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
 from . import distributed
 from .backend import get_device, to_host
-from .budget import fit_to_budget, parse_duration
-from .config import DEFAULT_PRESET, ConfigError, check_saved_settings, make_config, resume_config
+from .budget import parse_duration, plan_budget
+from .config import DEFAULT_PRESET, check_saved_settings, make_config, resume_config
 from .data import BatchSampler, default_prompt, fixed_batches, load_corpus
+from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .model import GPT
 from .rundir import BEST, LAST, RunDir, has_checkpoint
 
 SYNC_EVERY = 25          # GPU: steps between reading the losses back to the host (one synchronisation)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the step."""
 
 
 @dataclasses.dataclass
@@ -77,7 +82,7 @@ def train(preset=None, resume=False, force=False, stop_at=None, time_budget=None
           check_sync=0, **overrides):
     """Train a GPT; see the module docstring. Returns a TrainResult.
 
-    preset: "small", "lecture" or "cpu" (default); overrides: any TrainConfig field (max_iters=200, out="runs/x").
+    preset: "small", "lecture" or "cpu" (default); overrides: any setting (max_iters=200, out="runs/x", n_layer=6).
     resume: continue the run in `out` from its last checkpoint (settings come from it; overrides may change the
     training settings, e.g. max_iters, but not the model's shape). force: start over in an `out` that holds a run.
     stop_at: stop after this step (saving a checkpoint) without changing the schedule, to resume later.
@@ -86,65 +91,64 @@ def train(preset=None, resume=False, force=False, stop_at=None, time_budget=None
     ddp: data-parallel over MPI: None (default) when launched by mpiexec with several processes, True always,
     False never. check_sync: data-parallel only, every this many steps verify that all ranks hold bitwise the
     same parameters (a debugging aid; 0: never).
-    Raises ConfigError, DataError, CheckpointError, DeviceError (bad input: nothing written); TrainingDiverged,
-    SaveFailed.
+    Raises UsageError (bad input, nothing written: ConfigError, DataError, CheckpointError, ...) or RunFailed
+    (TrainingDiverged, SaveFailed).
     """
     t_start = time.perf_counter()                                    # a time budget runs from here
-    from tqdm.auto import tqdm
     say = say or tqdm.write
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    budget_s = None
-    if time_budget is not None:
-        budget_s = parse_duration(time_budget)
-        if "max_iters" in overrides:
-            raise ConfigError("--time and --max-iters contradict each other: a time budget chooses max_iters")
-    dist = distributed.setup(ddp)                  # None: a plain run (mpi4py is never imported)
-    if dist is None:
-        setup = prepare(preset, resume, force, stop_at, overrides, budget=budget_s is not None)
-    else:
-        if not dist.is_root:                       # rank 0 alone talks to the user and writes files
-            progress, say = False, _silent
-        setup = dist.on_root(lambda: prepare(preset, resume, force, stop_at, overrides,
-                                             budget=budget_s is not None, ranks=dist.size))
-        setup.rundir.writes = dist.is_root
-    tc = setup.tc
+    budget_s = None if time_budget is None else parse_duration(time_budget)
+    if budget_s is not None and "max_iters" in overrides:
+        raise ConfigError("--time and --max-iters contradict each other: a time budget chooses max_iters")
+    dist = distributed.setup(ddp)                  # a plain run: SingleProcess (mpi4py is never imported)
+    if not dist.is_root:                           # rank 0 alone talks to the user and writes files
+        progress, say = False, _silent
+    setup = dist.on_root(lambda: prepare(preset, resume, force, stop_at, overrides, budget=budget_s is not None,
+                                         ranks=dist.size))
+    setup.rundir.writes = dist.is_root
     trainer = Trainer(setup, say, dist)
     step0_losses = None
     if budget_s is not None:
         try:
-            step0_losses = fit_to_budget(trainer, budget_s, t_start, str(time_budget))
+            plan, step0_losses = plan_budget(trainer, budget_s, t_start, str(time_budget))
         except ConfigError:
             setup.rundir.abandon()                 # nothing was written: leave no empty directory either
             raise
+        trainer.apply_plan(plan, t_start)
     trainer.start(force)
-    end_step = tc.max_iters if stop_at is None else min(stop_at, tc.max_iters)
-    status = "stopped" if end_step < tc.max_iters else "done"
+    end_step = trainer.tc.max_iters if stop_at is None else min(stop_at, trainer.tc.max_iters)
+    status = run_steps(trainer, end_step, progress, check_sync, fresh=setup.ckpt is None, step0_losses=step0_losses)
+    return finish(trainer, status)
+
+
+def run_steps(trainer, end_step, progress, check_sync=0, fresh=True, step0_losses=None):
+    """The loop: steps up to end_step, evaluating (and saving) every eval_interval steps and at the end. Returns
+    "done", "stopped" (end_step before max_iters) or "interrupted" (Ctrl-C: the last step saved)."""
+    tc = trainer.tc
     bar = tqdm(total=tc.max_iters, initial=trainer.step, unit="step", dynamic_ncols=True, smoothing=0.05,
                disable=None if progress else True, leave=True)
     try:
         with _Interrupt() as interrupt:
             trainer.interrupt = interrupt
-            if setup.ckpt is None:
-                trainer.evaluate(losses=step0_losses)               # the loss before training, for the curve
+            if fresh:
+                trainer.evaluate(losses=step0_losses)                 # the loss before training, for the curve
             while trainer.step < end_step:
-                # data-parallel: the ranks agree on stopping through the step's allreduce (trainer.stop_agreed)
-                if interrupt.requested if dist is None else trainer.stop_agreed:
-                    status = "interrupted"
+                if trainer.stop_agreed:                               # Ctrl-C, agreed by every rank in a step
                     if trainer.saved_step != trainer.step:
                         trainer.save(LAST)
-                    break
+                    return "interrupted"
                 trainer.train_step()
-                if dist is not None and check_sync and trainer.step % check_sync == 0:
-                    dist.check_sync(trainer.opt, trainer.step)
-                if trainer.ema_loss is not None:                    # GPU: known after the first read-back
-                    bar.set_postfix_str(f"loss {trainer.ema_loss:.4f}, {trainer.tokens_per_s():,.0f} tok/s",
+                if check_sync and trainer.step % check_sync == 0:
+                    trainer.dist.check_sync(trainer.opt, trainer.step)
+                if trainer.ema_loss is not None:                      # GPU: known after the first read-back
+                    bar.set_postfix_str(f"loss {trainer.ema_loss:.4f}, {trainer.speed.session():,.0f} tok/s",
                                         refresh=False)
                 bar.update()
                 if trainer.step % tc.eval_interval == 0 or trainer.step == end_step:
                     trainer.evaluate(save=True)
     finally:
         bar.close()
-    return trainer.finish(status)
+    return "stopped" if end_step < tc.max_iters else "done"
 
 
 def _silent(*args, **kwargs):
@@ -182,7 +186,7 @@ def prepare(preset, resume, force, stop_at, overrides, budget=False, ranks=1):
         out = Path(tc.out)
     tc.check_batch_split(ranks)
     get_device(tc.device)
-    corpus = load_corpus(tc.data, block_size=tc.block_size, tokenizer=ckpt.tokenizer if ckpt else None)
+    corpus = load_corpus(tc.data, block_size=tc.model.block_size, tokenizer=ckpt.tokenizer if ckpt else None)
     try:
         tc.model_config(corpus.tokenizer.vocab_size).validate()
     except ValueError as e:
@@ -198,211 +202,147 @@ def prepare(preset, resume, force, stop_at, overrides, budget=False, ranks=1):
 # ---- the trainer -------------------------------------------------------------------------------------------------
 class Trainer:
     """The state of one training session: model, optimizer, batch stream, step, losses, timing. What it writes goes
-    through its RunDir. dist: this rank's distributed.DataParallel, or None."""
+    through its RunDir; dist is distributed.SingleProcess or this rank's DataParallel."""
 
-    def __init__(self, setup, say, dist=None):
+    def __init__(self, setup, say, dist):
         tc, corpus, ckpt = setup.tc, setup.corpus, setup.ckpt
         self.tc, self.rundir, self.out, self.corpus, self.say, self.dist = tc, setup.rundir, setup.rundir.path, \
             corpus, say, dist
-        if dist is not None:
-            dist.bind_device(tc.device)
+        dist.bind_device(tc.device)
         self.model = GPT(tc.model_config(corpus.tokenizer.vocab_size), seed=tc.seed, device=tc.device)
-        if dist is not None and dist.rank > 0:            # each rank its own dropout masks (rank 0: a plain run's)
+        if dist.rank > 0:                                 # each rank its own dropout masks (rank 0: a plain run's)
             self.model.rng = np.random.default_rng([tc.seed, 1, dist.rank])
         self.names = [n for n, _ in self.model.named_parameters()]    # the optimizer's parameter order
-        rng_note = None
-        if ckpt:
-            try:
-                self.model.load_state_dict(ckpt.model_state)
-            except ValueError as e:
-                raise ckpt_io.CheckpointError(f"checkpoint {ckpt.path} does not fit the model: {e}") from None
-            rng_note = self._restore_dropout_rng(ckpt)
         self.opt = tc.optimizer(self.model.parameters())
-        if ckpt:
-            try:
-                self.opt.load_state_dict(ckpt.optimizer_state(self.names))
-            except ValueError as e:
-                raise ckpt_io.CheckpointError(f"checkpoint {ckpt.path}: optimizer state does not fit: {e}") from None
-        rows = None
-        if dist is not None:
-            dist.attach(self.opt)                         # one flat gradient buffer; rank 0's parameters everywhere
-            rows = dist.rows(tc.batch_size)               # this rank's rows of every (global) batch
-        xp = self.model.device.xp                         # batches are built on the model's device
-        self.sampler = BatchSampler(corpus.train, tc.block_size, tc.batch_size, seed=[tc.seed, 2], rows=rows, xp=xp)
-        if ckpt:
-            self.sampler.state = ckpt.meta["rng"]["batch"]
-        self.eval_sets = {split: fixed_batches(corpus.split(split), tc.block_size, tc.batch_size, tc.eval_iters,
-                                               seed=[tc.seed, 3 + i], rows=rows, xp=xp)
-                          for i, split in enumerate(("train", "val"))}
-        self.interrupt, self.stop_agreed = None, False    # train() sets interrupt; stop_agreed: data-parallel
-
-        self.step = ckpt.step if ckpt else 0
-        self.saved_step = self.step if ckpt else None
-        best = ckpt.meta.get("best_val_loss") if ckpt else None
-        self.best_val = math.inf if best is None else best
-        self.last_val, self.ema_loss, self.value = None, None, None
-        self.pending = []                                 # GPU: (step, loss on the device) not yet read back
-        self.budget = ckpt.meta.get("budget") if ckpt else None   # the time budget's plan, if the run has one
-        self.unlogged_budget = None                       # a plan made by this session, for the next log record
-        self.budget_t0 = None                             # when this session's budget started (its plan's clock)
-        self.elapsed0 = float(ckpt.meta.get("elapsed_s", 0.0)) if ckpt else 0.0
-        self.t_start = time.perf_counter()
-        self._reset_counters()
-        self.history = []
-
+        dist.attach(self.opt)                             # data-parallel: one flat buffer, rank 0's parameters
+        rows, xp = dist.rows(tc.batch_size), self.model.device.xp  # this rank's rows; batches on the model's device
+        T, B = tc.model.block_size, tc.batch_size
+        self.sampler = BatchSampler(corpus.train, T, B, seed=[tc.seed, 2], rows=rows, xp=xp)
+        self.eval_sets = {split: fixed_batches(corpus.split(split), T, B, tc.eval_iters, seed=[tc.seed, 3 + i],
+                                               rows=rows, xp=xp) for i, split in enumerate(("train", "val"))}
+        self.interrupt, self.stop_agreed = None, False    # run_steps sets interrupt; stop_agreed: from the hook
+        self.step, self.saved_step, self.best_val, self.last_val = 0, None, math.inf, None
+        self.budget, self.unlogged_budget, self.budget_t0 = None, None, None   # the time budget's plan (budget.py)
+        self.elapsed0, self.t_start, self.speed = 0.0, time.perf_counter(), Speed()
+        self.ema_loss, self.value, self.pending, self.history = None, None, [], []   # pending: GPU losses unread
         self.data_info = corpus.record(tc.data)
-        if ckpt and ckpt.meta.get("data", {}).get("sha256") not in (None, corpus.sha256):
-            say(f"note: {corpus.name} differs from the corpus this run started on")
-        n_params = self.model.num_parameters()
-        shape = f"B={tc.batch_size} T={tc.block_size} C={tc.n_embd} H={tc.n_head} L={tc.n_layer}"
-        self.title = f"{self.data_info['name']}  |  preset {tc.preset}: {shape}, {n_params:,} params"
-        warmup = f" (warmup {tc.warmup_iters})" if tc.warmup_iters else ""
-        say(f"{'resuming' if ckpt else 'training'} preset '{tc.preset}' on {self.data_info['name']} "
-            f"({len(corpus.ids):,} chars, vocab {corpus.tokenizer.vocab_size}; train {len(corpus.train):,} / "
-            f"val {len(corpus.val):,}) | {n_params:,} parameters | {shape} dropout={tc.dropout} | "
-            f"lr {tc.lr:g} {tc.lr_schedule}{warmup} | {self.model.device} | out {self.out}")
-        if tc.grad_accum > 1:
-            say(f"gradient accumulation: {tc.grad_accum} micro-batches of {self.micro_rows()} rows per step")
-        if dist is not None:
-            say(f"data-parallel: {dist.size} ranks x {tc.batch_size // dist.size} rows of each batch of "
-                f"{tc.batch_size}; gradients averaged by one allreduce ({dist.transport}) of "
-                f"{dist.n + 2:,} floats per step")
-        say(f"evaluation: every {tc.eval_interval} steps, {tc.eval_iters} fixed batches of {tc.batch_size} per "
-            f"split" + (f" | from step {self.step}" if ckpt else ""))
-        if rng_note:
-            say(rng_note)
+        rng_note = self.load_state(checkpoint_state(ckpt, self.names), ckpt) if ckpt else None
+        announce(self, ckpt, rng_note)
 
-    def _restore_dropout_rng(self, ckpt):
-        """The dropout generator's state from the checkpoint: rank 0's is "model" (a plain run's), rank r's is
-        "model_ranks"[r] (data-parallel checkpoints). A rank the checkpoint has no state for (more ranks than the
-        run had) starts a new stream from (seed, rank, step): reproducible, but not the uninterrupted run.
-        Returns a note for the user when the number of dropout streams changes (and dropout is on), else None."""
-        rng = ckpt.meta["rng"]
-        rank, size = (self.dist.rank, self.dist.size) if self.dist is not None else (0, 1)
-        states = rng.get("model_ranks") or [rng["model"]]
-        if rank < len(states):
-            self.model.rng.bit_generator.state = states[rank]
+    # ---- the state of the run ----------------------------------------------------------------------------------
+    def state(self, collective=True):
+        """Everything the rest of the run depends on, as host copies (see the module docstring). Data-parallel, the
+        dropout streams of every rank are gathered (a collective); collective=False, on one rank: this rank's stands
+        in for each (the budget's trial save, which needs the size, not the values)."""
+        rng = {"model": self.model.rng.bit_generator.state, "batch": self.sampler.state}
+        if self.dist.data_parallel:
+            rng["model_ranks"] = self.dist.gather(rng["model"]) if collective else [rng["model"]] * self.dist.size
+        return {"model": {k: v.numpy().copy() for k, v in self.model.state_dict().items()},
+                "optimizer": self.opt.state_dict(), "rng": rng, "step": self.step,
+                "best_val_loss": None if self.best_val == math.inf else self.best_val, "budget": self.budget}
+
+    def load_state(self, state, ckpt=None):
+        """Put back a state(); from a checkpoint (`ckpt`), also the saved step and how long the run took. Returns a
+        note for the user when this run has another number of dropout streams than the state (dropout on)."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {ckpt.path if ckpt else '?'} does not fit the model or its "
+                                  f"optimizer: {e}") from None
+        self.sampler.state = state["rng"]["batch"]
+        self.step, self.budget = state["step"], state["budget"]
+        self.best_val = math.inf if state["best_val_loss"] is None else state["best_val_loss"]
+        if ckpt is not None:
+            self.saved_step, self.elapsed0 = self.step, float(ckpt.meta.get("elapsed_s", 0.0))
+        return self._load_dropout_rng(state["rng"])
+
+    def _load_dropout_rng(self, rng):
+        """Rank 0's dropout stream is "model" (a plain run's), rank r's "model_ranks"[r]. A rank the state has no
+        stream for (more ranks than the run had) starts one from (seed, rank, step): reproducible, not exact."""
+        streams = rng.get("model_ranks") or [rng["model"]]
+        if self.dist.rank < len(streams):
+            self.model.rng.bit_generator.state = streams[self.dist.rank]
         else:
-            self.model.rng = np.random.default_rng([self.tc.seed, 1, rank, ckpt.step])
-        if self.tc.dropout > 0 and len(states) != size:
-            return (f"note: the checkpoint holds the dropout streams of {len(states)} rank(s), this run has {size}: "
-                    "the run goes on reproducibly, but not exactly as the interrupted one would have")
+            self.model.rng = np.random.default_rng([self.tc.seed, 1, self.dist.rank, self.step])
+        if self.tc.model.dropout > 0 and len(streams) != self.dist.size:
+            return (f"note: the checkpoint holds the dropout streams of {len(streams)} rank(s), this run has "
+                    f"{self.dist.size}: the run goes on reproducibly, but not exactly as the interrupted one would")
         return None
+
+    def apply_plan(self, plan, t_start):
+        """A time budget's plan (budget.plan_budget): max_iters from now on, logged and kept in checkpoints."""
+        self.tc.max_iters = plan["max_iters"]
+        self.budget = self.unlogged_budget = plan
+        self.budget_t0 = t_start
 
     def start(self, force):
         """The run directory is made ready (a previous run's files removed with force; the log rewound to step)."""
         self.history = self.rundir.start(force, self.step)
 
-    def _reset_counters(self):
-        self.interval_tokens, self.interval_time, self.session_tokens, self.session_time = 0, 0.0, 0, 0.0
-
     def elapsed(self):
         return self.elapsed0 + time.perf_counter() - self.t_start
 
-    def tokens_per_s(self):
-        return self.session_tokens / self.session_time if self.session_time else 0.0
-
-    def micro_rows(self):
-        """Rows of a micro-batch: this rank's rows of the batch, split into grad_accum equal parts."""
-        ranks = self.dist.size if self.dist is not None else 1
-        return self.tc.batch_size // ranks // self.tc.grad_accum
-
-    def _micro_batches(self, x, y):
+    def micro_batches(self, x, y):
         """(x, y) of shape (b, T) -> grad_accum pairs of (b / grad_accum, T): contiguous row views."""
-        m = self.micro_rows()
+        m = x.shape[0] // self.tc.grad_accum
         return [(x[i:i + m], y[i:i + m]) for i in range(0, x.shape[0], m)]
 
     # ---- one step ----------------------------------------------------------------------------------------------
     def train_step(self):
-        """One optimizer update; returns its mean loss (None on the GPU in one process, where losses are read back
-        later)."""
+        """One optimizer update; returns its mean loss (None on the GPU in one process: read back later)."""
         t0 = time.perf_counter()
         self.opt.set_lr(self.tc.lr_at(self.step))
         x, y = self.sampler.sample()                                  # (b, T), (b, T): this rank's rows
         self.opt.zero_grad()
         loss_sum = None
-        for xm, ym in self._micro_batches(x, y):                      # (b / grad_accum, T) each
+        for xm, ym in self.micro_batches(x, y):                       # (b / grad_accum, T) each
             _, loss = self.model(xm, ym)
             loss.backward()                                           # adds this micro-batch's gradient to .grad
             loss_sum = loss.data if loss_sum is None else loss_sum + loss.data
         self.value = None
-        self.opt.step(grad_hook=lambda opt: self._average(opt, loss_sum))
+        self.opt.step(grad_hook=lambda opt: self._average(loss_sum))
         self.step += 1
-        dt, tokens = time.perf_counter() - t0, self.tc.batch_size * self.tc.block_size
-        self.interval_tokens += tokens
-        self.interval_time += dt
-        self.session_tokens += tokens
-        self.session_time += dt
-        if self.value is not None:
-            self._track(self.value)
-        elif len(self.pending) >= SYNC_EVERY:
+        self.speed.add(self.tc.batch_size * self.tc.model.block_size, time.perf_counter() - t0)
+        if len(self.pending) >= SYNC_EVERY:
             self.sync_losses()
         return self.value
 
-    def _average(self, opt, loss_sum):
-        """The step's gradient hook: AdamW has gathered the summed micro-batch gradients into its flat buffers and
-        calls this before clipping and updating. Scale the sum of grad_accum means to their mean (data-parallel:
-        also sum over the ranks, in one allreduce with the loss and the Ctrl-C flag); then check the loss. Raising
-        here leaves the parameters and the optimizer's state untouched."""
-        parts = self.tc.grad_accum
-        if self.dist is not None:
-            stop = self.interrupt is not None and self.interrupt.requested
-            value, self.stop_agreed = self.dist.average(loss_sum, stop, parts=parts)   # means over ranks and parts
-        else:
-            if parts > 1:
-                for grp in opt.groups:
-                    grp.grad *= 1.0 / parts
-                loss_sum = loss_sum * (1.0 / parts)
-            if self.model.device.xp is not np:        # GPU: no synchronisation inside a step (see sync_losses)
-                self.pending.append((self.step + 1, loss_sum))
-                return
-            value = float(loss_sum)
-        if not math.isfinite(value):                  # data-parallel: every rank has the same mean and stops here
-            raise distributed.all_ranks(TrainingDiverged(self._diverged(value, self.step + 1, "training")))
-        self.value = value
-
-    def _track(self, value):
-        self.ema_loss = value if self.ema_loss is None else 0.9 * self.ema_loss + 0.1 * value
+    def _average(self, loss_sum):
+        """The step's gradient hook, before clipping and the update: the gradients' (and loss's) mean over the
+        micro-batches and ranks, with the Ctrl-C flag agreed. The loss is checked at once, unless it stays on the GPU
+        (one process): raising here leaves the parameters and AdamW's state untouched."""
+        stop = self.interrupt is not None and self.interrupt.requested
+        loss, self.stop_agreed = self.dist.average(loss_sum, stop, parts=self.tc.grad_accum)
+        self.pending.append((self.step + 1, loss))
+        if self.model.device.xp is np or self.dist.data_parallel:
+            self.sync_losses()                        # sets self.value
 
     def sync_losses(self):
-        """GPU: read back the losses of the steps since the last read (one synchronisation); a NaN or infinite one
-        raises TrainingDiverged naming its step (nothing has been saved since it)."""
+        """Read back the losses of the steps since the last read (on the GPU, one synchronisation); a NaN or infinite
+        one raises TrainingDiverged naming its step (nothing has been saved since it)."""
         if not self.pending:
             return
-        xp = self.model.device.xp
-        values = to_host(xp.stack([v for _, v in self.pending])).tolist()
-        steps = [s for s, _ in self.pending]
+        steps, values = zip(*self.pending, strict=True)
+        if not isinstance(values[0], float) and self.model.device.xp is not np:
+            values = to_host(self.model.device.xp.stack(values)).tolist()
         self.pending = []
-        for step, value in zip(steps, values):
-            if not math.isfinite(value):
-                raise TrainingDiverged(self._diverged(value, step, "training"))
-            self._track(value)
-
-    def synchronize(self):
-        """Wait for the device (a no-op on the CPU): before reading a clock that times GPU work."""
-        xp = self.model.device.xp
-        if xp is not np:
-            xp.cuda.get_current_stream().synchronize()
+        for step, value in zip(steps, values, strict=True):
+            value = float(value)
+            if not math.isfinite(value):    # data-parallel: every rank has the same mean and stops here
+                raise distributed.all_ranks(TrainingDiverged(self.diverged(value, step, "training")))
+            self.value = value
+            self.ema_loss = value if self.ema_loss is None else 0.9 * self.ema_loss + 0.1 * value
 
     # ---- evaluation and checkpoints ----------------------------------------------------------------------------
     def estimate_losses(self):
         """Mean loss on each split's fixed batches (in micro-batches, as the training step), in eval mode, building
         no graph; data-parallel, averaged over the ranks. Returns [train, val]."""
-        model = self.model
-        with model.evaluating():
-            losses = [float(np.mean([model(xm, ym)[1].item() for x, y in self.eval_sets[split]
-                                     for xm, ym in self._micro_batches(x, y)]))
-                      for split in ("train", "val")]
-        if self.dist is not None:
-            losses = self.dist.mean(losses)                           # each rank evaluated its rows of each batch
-        return losses
-
-    def warm_up_evaluation(self):
-        """One evaluation forward pass, discarded: the first in eval mode may compile or load kernels of its own."""
-        x, y = self.eval_sets["val"][0]
-        xm, ym = self._micro_batches(x, y)[0]
         with self.model.evaluating():
-            self.model(xm, ym)
+            losses = [float(np.mean([self.model(xm, ym)[1].item() for x, y in self.eval_sets[split]
+                                     for xm, ym in self.micro_batches(x, y)]))
+                      for split in ("train", "val")]
+        return self.dist.mean(losses)                     # each rank evaluated its rows of each batch
 
     def evaluate(self, save=False, losses=None):
         """Losses on the fixed batches (or `losses`, measured already) -> log line, plot, and (save=True) last/ and,
@@ -411,120 +351,152 @@ class Trainer:
         losses = self.estimate_losses() if losses is None else losses
         rec = {"step": self.step, "train_loss": losses[0], "val_loss": losses[1],
                "lr": self.tc.lr_at(max(self.step - 1, 0)),               # the rate of the update that led here
-               "tokens_per_s": round(self.interval_tokens / self.interval_time, 1) if self.interval_time else None,
-               "elapsed_s": round(self.elapsed(), 3), "max_iters": self.tc.max_iters}
+               "tokens_per_s": self.speed.interval(), "elapsed_s": round(self.elapsed(), 3),
+               "max_iters": self.tc.max_iters}
         if self.unlogged_budget is not None:
             rec["budget"], self.unlogged_budget = self.unlogged_budget, None
         if not (math.isfinite(rec["val_loss"]) and math.isfinite(rec["train_loss"])):
-            raise distributed.all_ranks(TrainingDiverged(self._diverged(rec["val_loss"], self.step, "evaluation")))
-        self.interval_tokens, self.interval_time = 0, 0.0
+            raise distributed.all_ranks(TrainingDiverged(self.diverged(rec["val_loss"], self.step, "evaluation")))
         improved = save and rec["val_loss"] < self.best_val
         if save:
-            self.last_val = rec["val_loss"]
-            self.best_val = min(self.best_val, self.last_val)
+            self.last_val, self.best_val = rec["val_loss"], min(self.best_val, rec["val_loss"])
             rec["best_val_loss"] = self.best_val
             self.save(LAST)
             if improved:
                 self.save(BEST)
         self.history.append(rec)
         self.rundir.record(rec, self.history, self.title)
-        width = len(str(self.tc.max_iters))
-        tps = f" | {rec['tokens_per_s']:,.0f} tok/s" if rec["tokens_per_s"] else ""
-        self.say(f"step {rec['step']:>{width}}/{self.tc.max_iters} | train {rec['train_loss']:.4f} | "
-                 f"val {rec['val_loss']:.4f} | lr {rec['lr']:.2e}{tps} | {rec['elapsed_s']:.0f} s"
-                 + (" | best, saved" if improved else ""))
+        log_line(self, rec, improved)
         return rec
 
-    def checkpoint_meta(self, rng):
-        """meta.json's training fields (checkpoint.save adds the model's), with the RNG states `rng`."""
-        meta = {"best_val_loss": None if self.best_val == math.inf else self.best_val, "val_loss": self.last_val,
-                "rng": rng, "train": {**dataclasses.asdict(self.tc), "data": self.data_info["path"]},
-                "data": self.data_info, "elapsed_s": self.elapsed()}
-        if self.budget is not None:
-            meta["budget"] = self.budget
-        if self.dist is not None:
-            meta["data_parallel"] = {"ranks": self.dist.size, "rows_per_rank": self.tc.batch_size // self.dist.size}
-        return meta
-
-    def rng_state(self, collective=True):
-        """The generator states a checkpoint keeps: dropout's and the batch sampler's, and data-parallel every rank's
-        dropout state (gathered: a collective, every rank calls it). collective=False, on one rank only: this rank's
-        state stands in for every rank's (the time budget's trial save, which needs the size, not the values)."""
-        rng = {"model": self.model.rng.bit_generator.state, "batch": self.sampler.state}
-        if self.dist is not None:
-            rng["model_ranks"] = (self.dist.gather(rng["model"]) if collective
-                                  else [rng["model"]] * self.dist.size)
-        return rng
-
     def save(self, name):
+        """Checkpoint `name` (last or best) from state(); every rank takes part (the dropout streams are gathered),
+        rank 0 writes."""
         self.sync_losses()                                # never save past a diverged step
-        rng = self.rng_state()
-        self.rundir.save(name, self.model, self.corpus.tokenizer, self.step, self.opt, self.names,
-                         self.checkpoint_meta(rng))
+        self.rundir.save(name, **self.checkpoint(self.state()))
         self.saved_step = self.step
 
-    def _diverged(self, value, step, where):
+    def checkpoint(self, state):
+        """checkpoint.write's arguments for `state`: its arrays, and meta.json's training fields."""
+        meta = {"best_val_loss": state["best_val_loss"], "val_loss": self.last_val, "rng": state["rng"],
+                "train": {**self.tc.flat(), "data": self.data_info["path"]}, "data": self.data_info,
+                "elapsed_s": self.elapsed()}
+        if state["budget"] is not None:
+            meta["budget"] = state["budget"]
+        if self.dist.data_parallel:
+            meta["data_parallel"] = {"ranks": self.dist.size, "rows_per_rank": self.tc.batch_size // self.dist.size}
+        return {"config": self.model.config, "tokenizer": self.corpus.tokenizer, "step": state["step"],
+                "model_state": state["model"], "optimizer_state": state["optimizer"],
+                "optimizer_names": self.names, "meta": meta}
+
+    def diverged(self, value, step, where):
         kept = (f"the last good checkpoint, {self.out / LAST} (step {self.saved_step}), is untouched"
                 if self.saved_step is not None else "no checkpoint was saved")
         return f"{where} loss is {value} at step {step}: stopped; {kept}; try a lower --lr or --grad-clip 1.0"
 
-    def finish(self, status):
-        """The closing lines, and a sample from the final model (not after Ctrl-C: the user wants out)."""
-        out, say = self.out, self.say
-        result = TrainResult(out, self.step, status, self.best_val, self.last_val, self.tokens_per_s(),
-                             self.elapsed(), self.tc.max_iters)
-        if not self.rundir.writes:
-            return result
-        if status == "interrupted":
-            say(f"interrupted at step {self.step}: saved {out / LAST}; continue with: "
-                f"tinygrad-gpt train --out {out} --resume")
-            return result
-        say(f"{'stopped' if status == 'stopped' else 'finished'} at step {self.step}: best val loss "
-            f"{self.best_val:.4f}, {result.tokens_per_s:,.0f} tok/s, {result.elapsed_s:.0f} s | checkpoints in {out}")
-        if self.budget_t0 is not None:
-            b, took = self.budget, time.perf_counter() - self.budget_t0
-            slower = " (the steps ran slower than timed)" if took > b["seconds"] else ""
-            say(f"time budget {b['time']}: the last checkpoint was written at {took:.1f} s, planned "
-                f"{b['planned_end_s']:.1f} s{slower}")
-        if self.tc.sample_chars:
-            tok = self.corpus.tokenizer
-            ids = self.model.generate(tok.encode(default_prompt(tok))[None, :], self.tc.sample_chars,
-                                      seed=self.tc.seed)              # (1, 1 + sample_chars)
-            result.sample = tok.decode(ids[0])
-            self.rundir.write_sample(result.sample)
-            say(f"--- sample from the final model ({self.tc.sample_chars} chars, temperature 1.0) ---")
-            say(result.sample.strip("\n"))
-            say(f"--- more: tinygrad-gpt sample --ckpt {out}")
-        return result
 
-    # ---- rehearsal (time budgets) ------------------------------------------------------------------------------
-    def rehearse(self, steps):
-        """Run `steps` training steps and then put back everything they changed (parameters, AdamW's moments and
-        counts, the batch stream, the step, the loss and speed counters): afterwards the run is as if they never
-        happened. Dropout masks come from a throwaway generator meanwhile, so the model's own is not advanced."""
-        opt = self.opt
-        saved = ([(g.flat.copy(), g.exp_avg.copy(), g.exp_avg_sq.copy(), list(g.steps)) for g in opt.groups],
-                 opt.t, self.sampler.state, self.step)
-        xp, p = self.model.device.xp, np.float32(self.model.config.dropout)
-        throwaway = xp.random.default_rng(0)
-        self.model.set_mask_source(lambda shape: throwaway.random(shape, dtype=np.float32) >= p)
-        try:
-            for _ in range(steps):
-                self.train_step()
-            self.synchronize()
-        finally:
-            self.model.set_mask_source(None)
-            groups, opt.t, self.sampler.state, self.step = saved
-            for g, (flat, m, v, counts) in zip(opt.groups, groups):
-                g.flat[...], g.exp_avg[...], g.exp_avg_sq[...], g.steps = flat, m, v, counts
-            self.pending, self.ema_loss, self.value = [], None, None
-            self._reset_counters()
+def checkpoint_state(ckpt, names):
+    """A Trainer.state() from a checkpoint: the optimizer's in the order of `names`."""
+    meta = ckpt.meta
+    return {"model": ckpt.model_state, "optimizer": ckpt.optimizer_state(names), "rng": meta["rng"],
+            "step": ckpt.step, "best_val_loss": meta.get("best_val_loss"), "budget": meta.get("budget")}
+
+
+class Speed:
+    """Tokens and seconds of training steps: since the last evaluation (interval) and in this session."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.tokens, self.seconds, self.session_tokens, self.session_seconds = 0, 0.0, 0, 0.0
+
+    def add(self, tokens, seconds):
+        self.tokens += tokens
+        self.seconds += seconds
+        self.session_tokens += tokens
+        self.session_seconds += seconds
+
+    def interval(self):
+        """Tokens per second since the last call (rounded), None when no step ran; starts a new interval."""
+        rate = round(self.tokens / self.seconds, 1) if self.seconds else None
+        self.tokens, self.seconds = 0, 0.0
+        return rate
+
+    def session(self):
+        return self.session_tokens / self.session_seconds if self.session_seconds else 0.0
+
+
+# ---- what the user reads -----------------------------------------------------------------------------------------
+def announce(trainer, ckpt, rng_note=None):
+    """The lines that open a run: corpus, model, settings; the notes a resumed run needs."""
+    tc, corpus, say, dist = trainer.tc, trainer.corpus, trainer.say, trainer.dist
+    name, m = trainer.data_info["name"], tc.model
+    if ckpt and ckpt.meta.get("data", {}).get("sha256") not in (None, corpus.sha256):
+        say(f"note: {corpus.name} differs from the corpus this run started on")
+    n_params = trainer.model.num_parameters()
+    shape = f"B={tc.batch_size} T={m.block_size} C={m.n_embd} H={m.n_head} L={m.n_layer}"
+    trainer.title = f"{name}  |  preset {tc.preset}: {shape}, {n_params:,} params"
+    warmup = f" (warmup {tc.warmup_iters})" if tc.warmup_iters else ""
+    say(f"{'resuming' if ckpt else 'training'} preset '{tc.preset}' on {name} ({len(corpus.ids):,} chars, vocab "
+        f"{corpus.tokenizer.vocab_size}; train {len(corpus.train):,} / val {len(corpus.val):,}) | {n_params:,} "
+        f"parameters | {shape} dropout={m.dropout} | lr {tc.lr:g} {tc.lr_schedule}{warmup} | "
+        f"{trainer.model.device} | out {trainer.out}")
+    if tc.grad_accum > 1:
+        say(f"gradient accumulation: {tc.grad_accum} micro-batches of {tc.batch_size // dist.size // tc.grad_accum} "
+            "rows per step")
+    if dist.data_parallel:
+        say(f"data-parallel: {dist.size} ranks x {tc.batch_size // dist.size} rows of each batch of "
+            f"{tc.batch_size}; gradients averaged by one allreduce ({dist.transport}) of {dist.n + 2:,} floats "
+            "per step")
+    say(f"evaluation: every {tc.eval_interval} steps, {tc.eval_iters} fixed batches of {tc.batch_size} per split"
+        + (f" | from step {trainer.step}" if ckpt else ""))
+    if rng_note:
+        say(rng_note)
+
+
+def log_line(trainer, rec, improved):
+    width = len(str(trainer.tc.max_iters))
+    tps = f" | {rec['tokens_per_s']:,.0f} tok/s" if rec["tokens_per_s"] else ""
+    trainer.say(f"step {rec['step']:>{width}}/{trainer.tc.max_iters} | train {rec['train_loss']:.4f} | "
+                f"val {rec['val_loss']:.4f} | lr {rec['lr']:.2e}{tps} | {rec['elapsed_s']:.0f} s"
+                + (" | best, saved" if improved else ""))
+
+
+def finish(trainer, status):
+    """The closing lines, and a sample from the final model (not after Ctrl-C: the user wants out)."""
+    out, say, tc = trainer.out, trainer.say, trainer.tc
+    result = TrainResult(out, trainer.step, status, trainer.best_val, trainer.last_val, trainer.speed.session(),
+                         trainer.elapsed(), tc.max_iters)
+    if not trainer.rundir.writes:
+        return result
+    if status == "interrupted":
+        say(f"interrupted at step {trainer.step}: saved {out / LAST}; continue with: "
+            f"tinygrad-gpt train --out {out} --resume")
+        return result
+    say(f"{'stopped' if status == 'stopped' else 'finished'} at step {trainer.step}: best val loss "
+        f"{trainer.best_val:.4f}, {result.tokens_per_s:,.0f} tok/s, {result.elapsed_s:.0f} s | checkpoints in {out}")
+    if trainer.budget_t0 is not None:
+        b, took = trainer.budget, time.perf_counter() - trainer.budget_t0
+        slower = " (the steps ran slower than timed)" if took > b["seconds"] else ""
+        say(f"time budget {b['time']}: the last checkpoint was written at {took:.1f} s, planned "
+            f"{b['planned_end_s']:.1f} s{slower}")
+    if tc.sample_chars:
+        tok = trainer.corpus.tokenizer
+        ids = trainer.model.generate(tok.encode(default_prompt(tok))[None, :], tc.sample_chars,
+                                     seed=tc.seed)                     # (1, 1 + sample_chars)
+        result.sample = tok.decode(ids[0])
+        trainer.rundir.write_sample(result.sample)
+        say(f"--- sample from the final model ({tc.sample_chars} chars, temperature 1.0) ---")
+        say(result.sample.strip("\n"))
+        say(f"--- more: tinygrad-gpt sample --ckpt {out}")
+    return result
 
 
 # ---- Ctrl-C ------------------------------------------------------------------------------------------------------
 class _Interrupt:
-    """First Ctrl-C: set a flag the loop checks between steps (so the checkpoint is a consistent step).
-    Second Ctrl-C: the usual KeyboardInterrupt."""
+    """First Ctrl-C: set a flag the step's gradient hook reads (the loop stops after that step, so the checkpoint is
+    a consistent step; data-parallel, when any rank was interrupted). Second Ctrl-C: the usual KeyboardInterrupt."""
 
     def __init__(self):
         self.requested = False
