@@ -149,9 +149,15 @@ def twin(fn):
     return call
 
 
+def modules(device):
+    """The names of `device`'s kernel modules, as the table lists them (sorted)."""
+    return sorted({pair[DEVICES.index(device)] for pair in TABLE.values()} - {None})
+
+
 def warmup(dtype="float32"):
-    """Compile every CUDA kernel for `dtype` now (a benchmark calls this so no timed step pays for compilation)."""
-    for name in ("layernorm", "attention", "cross_entropy", "adamw", "dropout_mask"):
+    """Compile every CUDA kernel for `dtype` now (a benchmark calls this so no timed step pays for compilation):
+    importing the table's CUDA modules registers their kernels."""
+    for name in modules("cuda"):
         _module("cuda", name)
     for kernel in _module("cuda", "_common").REGISTRY:
         kernel(dtype)

@@ -37,10 +37,10 @@ ROW_THREADS = 128        # a row kernel's block holds at least this many threads
 FLAT_THREADS = 256       # threads per block of an elementwise kernel
 MAX_GRID = 65535         # blocks per launch at most; kernels stride over what is left
 
-REGISTRY = []            # every Kernel, for the PTX compile check (tests/test_kernels_sim.py)
+REGISTRY = []            # every CudaKernel, for the PTX compile check (tests/test_kernels_sim.py)
 
 
-class Kernel:
+class CudaKernel:
     """A kernel compiled once per dtype from an explicit signature, on first use.
 
     make(ft) returns the kernel's Python function for the float type `ft` (np.float32 or np.float64): constants in

@@ -7,7 +7,7 @@ import math
 
 from numba import cuda
 
-from ._common import Kernel, array_module, flat_config, launch
+from ._common import CudaKernel, array_module, flat_config, launch
 
 
 def _make(ft):
@@ -34,7 +34,7 @@ def _make(ft):
     return adamw_update
 
 
-UPDATE = Kernel("adamw_update", _make,
+UPDATE = CudaKernel("adamw_update", _make,
                 "void({f}[::1], {f}[::1], {f}[::1], {f}[::1], {f}, {f}, {f}, {f}, {f}, {f}, {f})")
 
 

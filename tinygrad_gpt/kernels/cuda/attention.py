@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import MAX_THREADS, Kernel, array_module, launch, numba_type, row_config, row_max, row_sum
+from ._common import MAX_THREADS, CudaKernel, array_module, launch, numba_type, row_config, row_max, row_sum
 
 
 def _make_forward(ft):
@@ -88,9 +88,9 @@ def _make_backward(ft):
     return causal_softmax_bwd
 
 
-FORWARD = Kernel("causal_softmax_fwd", _make_forward,
+FORWARD = CudaKernel("causal_softmax_fwd", _make_forward,
                  "void({f}[:, ::1], int64, {f}, {f}[:, ::1], boolean, {f}[:, ::1])")
-BACKWARD = Kernel("causal_softmax_bwd", _make_backward,
+BACKWARD = CudaKernel("causal_softmax_bwd", _make_backward,
                   "void({f}[:, ::1], {f}[:, ::1], int64, {f}, {f}[:, ::1], boolean)")
 
 

@@ -9,7 +9,17 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import MAX_THREADS, Kernel, array_module, flat_config, launch, numba_type, row_config, row_max, row_sum
+from ._common import (
+    MAX_THREADS,
+    CudaKernel,
+    array_module,
+    flat_config,
+    launch,
+    numba_type,
+    row_config,
+    row_max,
+    row_sum,
+)
 
 
 def _make_forward(ft):
@@ -64,8 +74,9 @@ def _make_backward(ft):
     return cross_entropy_bwd
 
 
-FORWARD = Kernel("cross_entropy_fwd", _make_forward, "void({f}[:, ::1], int64[::1], {f}[:, ::1], {f}[::1])")
-BACKWARD = Kernel("cross_entropy_bwd", _make_backward, "void({f}[::1], int64[::1], int64, {f}[::1], int64, {f}[::1])")
+FORWARD = CudaKernel("cross_entropy_fwd", _make_forward, "void({f}[:, ::1], int64[::1], {f}[:, ::1], {f}[::1])")
+BACKWARD = CudaKernel("cross_entropy_bwd", _make_backward,
+                      "void({f}[::1], int64[::1], int64, {f}[::1], int64, {f}[::1])")
 
 
 def cross_entropy_forward(logits, targets, *, config=None):

@@ -3,7 +3,7 @@ backward alike (the mask is not expanded to a float array). NumPy twin: fused.dr
 """
 from numba import cuda
 
-from ._common import Kernel, array_module, flat_config, launch
+from ._common import CudaKernel, array_module, flat_config, launch
 
 
 def _make(ft):
@@ -22,7 +22,7 @@ def _make(ft):
     return dropout_apply
 
 
-APPLY = Kernel("dropout_apply", _make, "void({f}[::1], boolean[::1], {f}, {f}[::1])")
+APPLY = CudaKernel("dropout_apply", _make, "void({f}[::1], boolean[::1], {f}, {f}[::1])")
 
 
 def dropout_apply(x, keep, p, *, config=None):

@@ -9,7 +9,7 @@ import math
 
 from numba import cuda
 
-from ._common import MAX_THREADS, Kernel, array_module, launch, numba_type, row_config, row_sum
+from ._common import MAX_THREADS, CudaKernel, array_module, launch, numba_type, row_config, row_sum
 
 
 def _make_forward(ft):
@@ -93,9 +93,9 @@ def _make_backward(ft):
     return layer_norm_bwd
 
 
-FORWARD = Kernel("layer_norm_fwd", _make_forward,
+FORWARD = CudaKernel("layer_norm_fwd", _make_forward,
                  "void({f}[:, ::1], {f}[::1], {f}[::1], boolean, {f}, {f}[:, ::1], {f}[:, ::1], {f}[::1])")
-BACKWARD = Kernel("layer_norm_bwd", _make_backward,
+BACKWARD = CudaKernel("layer_norm_bwd", _make_backward,
                   "void({f}[:, ::1], {f}[:, ::1], {f}[::1], {f}[::1], {f}[::1], {f}[:, ::1], {f}[:, ::1], "
                   "{f}[:, ::1])")
 
