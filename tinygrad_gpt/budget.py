@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from . import checkpoint as ckpt_io
+from .data import micro_batches
 from .errors import ConfigError, SaveFailed
 from .rundir import LAST, plot_losses
 
@@ -139,7 +140,7 @@ def rehearse(trainer, steps):
 def warm_up_evaluation(trainer):
     """One evaluation forward pass, discarded: the first in eval mode may compile or load kernels of its own."""
     x, y = trainer.eval_sets["val"][0]
-    xm, ym = trainer.micro_batches(x, y)[0]
+    xm, ym = micro_batches(x, y, trainer.tc.grad_accum)[0]
     with trainer.model.evaluating():
         trainer.model(xm, ym)
 
@@ -152,7 +153,7 @@ def _trial_save(trainer):
         with trainer.rundir.scratch() as tmp:
             plot_losses(records, tmp / "loss.png", trainer.title)    # untimed: the first plot imports matplotlib
             t0 = clock()
-            ckpt_io.write(tmp / LAST, **trainer.checkpoint(trainer.state(collective=False)))  # on the root only
+            ckpt_io.write(tmp / LAST, **trainer.checkpoint(collective=False))       # on rank 0 only
             t1 = clock()
             plot_losses(records, tmp / "loss.png", trainer.title)
             return t1 - t0, clock() - t1

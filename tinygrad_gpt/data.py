@@ -222,3 +222,9 @@ def fixed_batches(ids, block_size, batch_size, n_batches, seed, rows=None, xp=np
     rows: as BatchSampler's (a data-parallel rank's part of each batch)."""
     sampler = BatchSampler(ids, block_size, batch_size, seed, rows=rows, xp=xp)
     return [sampler.sample() for _ in range(n_batches)]
+
+
+def micro_batches(x, y, parts):
+    """(x, y) of shape (b, T) -> `parts` pairs of (b / parts, T): contiguous row views."""
+    m = x.shape[0] // parts
+    return [(x[i:i + m], y[i:i + m]) for i in range(0, x.shape[0], m)]

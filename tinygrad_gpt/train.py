@@ -56,7 +56,7 @@ from . import distributed
 from .backend import get_device, to_host
 from .budget import parse_duration, plan_budget
 from .config import DEFAULT_PRESET, check_saved_settings, make_config, resume_config
-from .data import BatchSampler, default_prompt, fixed_batches, load_corpus
+from .data import BatchSampler, default_prompt, fixed_batches, load_corpus, micro_batches
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .model import GPT
 from .rundir import BEST, LAST, RunDir, has_checkpoint
@@ -115,7 +115,7 @@ def train(preset=None, resume=False, force=False, stop_at=None, time_budget=None
             setup.rundir.abandon()                 # nothing was written: leave no empty directory either
             raise
         trainer.apply_plan(plan, t_start)
-    trainer.start(force)
+    trainer.history = setup.rundir.start(force, trainer.step)   # --force: the old run's files go; the log rewinds
     end_step = trainer.tc.max_iters if stop_at is None else min(stop_at, trainer.tc.max_iters)
     status = run_steps(trainer, end_step, progress, check_sync, fresh=setup.ckpt is None, step0_losses=step0_losses)
     return finish(trainer, status)
@@ -215,25 +215,19 @@ class Trainer:
         self.names = [n for n, _ in self.model.named_parameters()]    # the optimizer's parameter order
         self.opt = tc.optimizer(self.model.parameters())
         dist.attach(self.opt)                             # data-parallel: one flat buffer, rank 0's parameters
-        rows, xp = dist.rows(tc.batch_size), self.model.device.xp  # this rank's rows; batches on the model's device
-        T, B = tc.model.block_size, tc.batch_size
-        self.sampler = BatchSampler(corpus.train, T, B, seed=[tc.seed, 2], rows=rows, xp=xp)
-        self.eval_sets = {split: fixed_batches(corpus.split(split), T, B, tc.eval_iters, seed=[tc.seed, 3 + i],
-                                               rows=rows, xp=xp) for i, split in enumerate(("train", "val"))}
-        self.interrupt, self.stop_agreed = None, False    # run_steps sets interrupt; stop_agreed: from the hook
+        self.sampler, self.eval_sets = batches(tc, corpus, dist.rows(tc.batch_size), self.model.device.xp)
         self.step, self.saved_step, self.best_val, self.last_val = 0, None, math.inf, None
         self.budget, self.unlogged_budget, self.budget_t0 = None, None, None   # the time budget's plan (budget.py)
-        self.elapsed0, self.t_start, self.speed = 0.0, time.perf_counter(), Speed()
-        self.ema_loss, self.value, self.pending, self.history = None, None, [], []   # pending: GPU losses unread
-        self.data_info = corpus.record(tc.data)
+        self.speed, self.ema_loss, self.value, self.pending = Speed(), None, None, []   # pending: GPU losses unread
+        self.interrupt, self.stop_agreed = None, False    # run_steps sets interrupt; the gradient hook stop_agreed
+        self.data_info, self.history = corpus.record(tc.data), []     # history: the log's records
         rng_note = self.load_state(checkpoint_state(ckpt, self.names), ckpt) if ckpt else None
         announce(self, ckpt, rng_note)
 
     # ---- the state of the run ----------------------------------------------------------------------------------
     def state(self, collective=True):
-        """Everything the rest of the run depends on, as host copies (see the module docstring). Data-parallel, the
-        dropout streams of every rank are gathered (a collective); collective=False, on one rank: this rank's stands
-        in for each (the budget's trial save, which needs the size, not the values)."""
+        """Everything the rest of the run depends on, as host copies (module docstring). Data-parallel, every rank's
+        dropout stream is gathered (a collective); collective=False: this rank's stands in for each."""
         rng = {"model": self.model.rng.bit_generator.state, "batch": self.sampler.state}
         if self.dist.data_parallel:
             rng["model_ranks"] = self.dist.gather(rng["model"]) if collective else [rng["model"]] * self.dist.size
@@ -254,39 +248,15 @@ class Trainer:
         self.step, self.budget = state["step"], state["budget"]
         self.best_val = math.inf if state["best_val_loss"] is None else state["best_val_loss"]
         if ckpt is not None:
-            self.saved_step, self.elapsed0 = self.step, float(ckpt.meta.get("elapsed_s", 0.0))
-        return self._load_dropout_rng(state["rng"])
-
-    def _load_dropout_rng(self, rng):
-        """Rank 0's dropout stream is "model" (a plain run's), rank r's "model_ranks"[r]. A rank the state has no
-        stream for (more ranks than the run had) starts one from (seed, rank, step): reproducible, not exact."""
-        streams = rng.get("model_ranks") or [rng["model"]]
-        if self.dist.rank < len(streams):
-            self.model.rng.bit_generator.state = streams[self.dist.rank]
-        else:
-            self.model.rng = np.random.default_rng([self.tc.seed, 1, self.dist.rank, self.step])
-        if self.tc.model.dropout > 0 and len(streams) != self.dist.size:
-            return (f"note: the checkpoint holds the dropout streams of {len(streams)} rank(s), this run has "
-                    f"{self.dist.size}: the run goes on reproducibly, but not exactly as the interrupted one would")
-        return None
+            self.saved_step, self.speed.elapsed0 = self.step, float(ckpt.meta.get("elapsed_s", 0.0))
+        self.model.rng, note = dropout_rng(state["rng"], self.dist, self.tc.seed, self.step,
+                                           self.tc.model.dropout > 0)
+        return note
 
     def apply_plan(self, plan, t_start):
         """A time budget's plan (budget.plan_budget): max_iters from now on, logged and kept in checkpoints."""
         self.tc.max_iters = plan["max_iters"]
-        self.budget = self.unlogged_budget = plan
-        self.budget_t0 = t_start
-
-    def start(self, force):
-        """The run directory is made ready (a previous run's files removed with force; the log rewound to step)."""
-        self.history = self.rundir.start(force, self.step)
-
-    def elapsed(self):
-        return self.elapsed0 + time.perf_counter() - self.t_start
-
-    def micro_batches(self, x, y):
-        """(x, y) of shape (b, T) -> grad_accum pairs of (b / grad_accum, T): contiguous row views."""
-        m = x.shape[0] // self.tc.grad_accum
-        return [(x[i:i + m], y[i:i + m]) for i in range(0, x.shape[0], m)]
+        self.budget, self.unlogged_budget, self.budget_t0 = plan, plan, t_start
 
     # ---- one step ----------------------------------------------------------------------------------------------
     def train_step(self):
@@ -296,7 +266,7 @@ class Trainer:
         x, y = self.sampler.sample()                                  # (b, T), (b, T): this rank's rows
         self.opt.zero_grad()
         loss_sum = None
-        for xm, ym in self.micro_batches(x, y):                       # (b / grad_accum, T) each
+        for xm, ym in micro_batches(x, y, self.tc.grad_accum):        # (b / grad_accum, T) each
             _, loss = self.model(xm, ym)
             loss.backward()                                           # adds this micro-batch's gradient to .grad
             loss_sum = loss.data if loss_sum is None else loss_sum + loss.data
@@ -330,7 +300,7 @@ class Trainer:
         for step, value in zip(steps, values, strict=True):
             value = float(value)
             if not math.isfinite(value):    # data-parallel: every rank has the same mean and stops here
-                raise distributed.all_ranks(TrainingDiverged(self.diverged(value, step, "training")))
+                raise distributed.all_ranks(TrainingDiverged(diverged(self, value, step, "training")))
             self.value = value
             self.ema_loss = value if self.ema_loss is None else 0.9 * self.ema_loss + 0.1 * value
 
@@ -340,7 +310,7 @@ class Trainer:
         no graph; data-parallel, averaged over the ranks. Returns [train, val]."""
         with self.model.evaluating():
             losses = [float(np.mean([self.model(xm, ym)[1].item() for x, y in self.eval_sets[split]
-                                     for xm, ym in self.micro_batches(x, y)]))
+                                     for xm, ym in micro_batches(x, y, self.tc.grad_accum)]))
                       for split in ("train", "val")]
         return self.dist.mean(losses)                     # each rank evaluated its rows of each batch
 
@@ -351,12 +321,13 @@ class Trainer:
         losses = self.estimate_losses() if losses is None else losses
         rec = {"step": self.step, "train_loss": losses[0], "val_loss": losses[1],
                "lr": self.tc.lr_at(max(self.step - 1, 0)),               # the rate of the update that led here
-               "tokens_per_s": self.speed.interval(), "elapsed_s": round(self.elapsed(), 3),
+               "tokens_per_s": self.speed.interval(), "elapsed_s": round(self.speed.elapsed(), 3),
                "max_iters": self.tc.max_iters}
         if self.unlogged_budget is not None:
             rec["budget"], self.unlogged_budget = self.unlogged_budget, None
         if not (math.isfinite(rec["val_loss"]) and math.isfinite(rec["train_loss"])):
-            raise distributed.all_ranks(TrainingDiverged(self.diverged(rec["val_loss"], self.step, "evaluation")))
+            message = diverged(self, rec["val_loss"], self.step, "evaluation")
+            raise distributed.all_ranks(TrainingDiverged(message))
         improved = save and rec["val_loss"] < self.best_val
         if save:
             self.last_val, self.best_val = rec["val_loss"], min(self.best_val, rec["val_loss"])
@@ -369,30 +340,67 @@ class Trainer:
         log_line(self, rec, improved)
         return rec
 
+    def checkpoint(self, collective=True):
+        """checkpoint.write's arguments for the state now (checkpoint_args; `collective` as state()'s)."""
+        return checkpoint_args(self, self.state(collective))
+
     def save(self, name):
         """Checkpoint `name` (last or best) from state(); every rank takes part (the dropout streams are gathered),
         rank 0 writes."""
         self.sync_losses()                                # never save past a diverged step
-        self.rundir.save(name, **self.checkpoint(self.state()))
+        self.rundir.save(name, **self.checkpoint())
         self.saved_step = self.step
 
-    def checkpoint(self, state):
-        """checkpoint.write's arguments for `state`: its arrays, and meta.json's training fields."""
-        meta = {"best_val_loss": state["best_val_loss"], "val_loss": self.last_val, "rng": state["rng"],
-                "train": {**self.tc.flat(), "data": self.data_info["path"]}, "data": self.data_info,
-                "elapsed_s": self.elapsed()}
-        if state["budget"] is not None:
-            meta["budget"] = state["budget"]
-        if self.dist.data_parallel:
-            meta["data_parallel"] = {"ranks": self.dist.size, "rows_per_rank": self.tc.batch_size // self.dist.size}
-        return {"config": self.model.config, "tokenizer": self.corpus.tokenizer, "step": state["step"],
-                "model_state": state["model"], "optimizer_state": state["optimizer"],
-                "optimizer_names": self.names, "meta": meta}
 
-    def diverged(self, value, step, where):
-        kept = (f"the last good checkpoint, {self.out / LAST} (step {self.saved_step}), is untouched"
-                if self.saved_step is not None else "no checkpoint was saved")
-        return f"{where} loss is {value} at step {step}: stopped; {kept}; try a lower --lr or --grad-clip 1.0"
+
+def dropout_rng(rng, dist, seed, step, dropout_on):
+    """This rank's dropout generator from a state's "rng": rank 0's stream is "model" (a plain run's), rank r's
+    "model_ranks"[r]. A rank the state has no stream for (more ranks than the run had) starts one from (seed, 1,
+    rank, step): reproducible, not exact. Returns (generator, a note for the user when the number of streams
+    changed and dropout is on, else None)."""
+    streams = rng.get("model_ranks") or [rng["model"]]
+    if dist.rank < len(streams):
+        gen = np.random.default_rng()
+        gen.bit_generator.state = streams[dist.rank]
+    else:
+        gen = np.random.default_rng([seed, 1, dist.rank, step])
+    note = None
+    if dropout_on and len(streams) != dist.size:
+        note = (f"note: the checkpoint holds the dropout streams of {len(streams)} rank(s), this run has "
+                f"{dist.size}: the run goes on reproducibly, but not exactly as the interrupted one would have")
+    return gen, note
+
+
+def checkpoint_args(trainer, state):
+    """checkpoint.write's arguments (RunDir.save's) for a trainer's `state`: its arrays, meta.json's fields."""
+    tc, dist = trainer.tc, trainer.dist
+    meta = {"best_val_loss": state["best_val_loss"], "val_loss": trainer.last_val, "rng": state["rng"],
+            "train": {**tc.flat(), "data": trainer.data_info["path"]}, "data": trainer.data_info,
+            "elapsed_s": trainer.speed.elapsed()}
+    if state["budget"] is not None:
+        meta["budget"] = state["budget"]
+    if dist.data_parallel:
+        meta["data_parallel"] = {"ranks": dist.size, "rows_per_rank": tc.batch_size // dist.size}
+    return {"config": trainer.model.config, "tokenizer": trainer.corpus.tokenizer, "step": state["step"],
+            "model_state": state["model"], "optimizer_state": state["optimizer"],
+            "optimizer_names": trainer.names, "meta": meta}
+
+
+def diverged(trainer, value, step, where):
+    """TrainingDiverged's message: where, the step, and what is kept."""
+    kept = (f"the last good checkpoint, {trainer.out / LAST} (step {trainer.saved_step}), is untouched"
+            if trainer.saved_step is not None else "no checkpoint was saved")
+    return f"{where} loss is {value} at step {step}: stopped; {kept}; try a lower --lr or --grad-clip 1.0"
+
+
+def batches(tc, corpus, rows, xp):
+    """The training batch stream and each split's fixed evaluation batches: this rank's `rows` (None: all) of each
+    batch, on the device of `xp`."""
+    T, B = tc.model.block_size, tc.batch_size
+    sampler = BatchSampler(corpus.train, T, B, seed=[tc.seed, 2], rows=rows, xp=xp)
+    eval_sets = {split: fixed_batches(corpus.split(split), T, B, tc.eval_iters, seed=[tc.seed, 3 + i], rows=rows,
+                                      xp=xp) for i, split in enumerate(("train", "val"))}
+    return sampler, eval_sets
 
 
 def checkpoint_state(ckpt, names):
@@ -403,10 +411,15 @@ def checkpoint_state(ckpt, names):
 
 
 class Speed:
-    """Tokens and seconds of training steps: since the last evaluation (interval) and in this session."""
+    """Tokens and seconds of training steps, since the last evaluation (interval) and in this session; and the
+    run's wall-clock time (elapsed0: a resumed run's time before this session)."""
 
     def __init__(self):
+        self.elapsed0, self.t_start = 0.0, time.perf_counter()
         self.reset()
+
+    def elapsed(self):
+        return self.elapsed0 + time.perf_counter() - self.t_start
 
     def reset(self):
         self.tokens, self.seconds, self.session_tokens, self.session_seconds = 0, 0.0, 0, 0.0
@@ -467,7 +480,7 @@ def finish(trainer, status):
     """The closing lines, and a sample from the final model (not after Ctrl-C: the user wants out)."""
     out, say, tc = trainer.out, trainer.say, trainer.tc
     result = TrainResult(out, trainer.step, status, trainer.best_val, trainer.last_val, trainer.speed.session(),
-                         trainer.elapsed(), tc.max_iters)
+                         trainer.speed.elapsed(), tc.max_iters)
     if not trainer.rundir.writes:
         return result
     if status == "interrupted":
