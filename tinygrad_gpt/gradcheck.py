@@ -46,13 +46,13 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0):
         if o.dtype != np.float64:
             raise TypeError(f"gradcheck: output {k} is {o.dtype}, expected float64 (a float64 input must stay float64)")
     loss = None
-    for o, d in zip(outs, douts):
+    for o, d in zip(outs, douts, strict=True):
         term = (o * Tensor(d)).sum()
         loss = term if loss is None else loss + term
     if loss is not None and loss.requires_grad:  # None: no outputs (a split into no pieces), nothing to check
         loss.backward()
     analytic = []
-    for i, (x, t) in enumerate(zip(xs, leaves)):
+    for i, (x, t) in enumerate(zip(xs, leaves, strict=True)):
         g = np.zeros_like(x) if t.grad is None else np.asarray(t.grad)
         if g.shape != x.shape:
             raise AssertionError(f"gradcheck: input {i} has shape {x.shape} but its gradient has shape {g.shape}")
@@ -61,7 +61,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0):
     def value():
         with no_grad():
             vals = _outputs(fn(*[Tensor(x) for x in xs]))
-        return sum(float((v.numpy() * d).sum()) for v, d in zip(vals, douts))
+        return sum(float((v.numpy() * d).sum()) for v, d in zip(vals, douts, strict=True))
 
     for i, x in enumerate(xs):
         flat = x.reshape(-1)  # a view: perturbing it perturbs x

@@ -33,7 +33,7 @@ class _Group:
         sizes = [p.numel() for p in params]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
         self.flat = xp.empty(self.offsets[-1], dtype=dtype)           # all parameters of the group, end to end
-        for p, a, b in zip(params, self.offsets, self.offsets[1:]):
+        for p, a, b in zip(params, self.offsets[:-1], self.offsets[1:], strict=True):
             self.flat[a:b] = p.data.reshape(-1)
             p.data = self.flat[a:b].reshape(p.shape)                  # the parameter now lives in the buffer
         self.grad = xp.zeros_like(self.flat)                          # gradients (see the grad property)
@@ -44,7 +44,8 @@ class _Group:
         #                                  without a gradient in a step is skipped and its bias correction waits)
 
     def views(self, flat):
-        return [flat[a:b].reshape(p.shape) for p, a, b in zip(self.params, self.offsets, self.offsets[1:])]
+        spans = zip(self.params, self.offsets[:-1], self.offsets[1:], strict=True)
+        return [flat[a:b].reshape(p.shape) for p, a, b in spans]
 
     # ---- torch's param_groups dict surface ---------------------------------------------------------------------
     _ATTRS = ("params", "lr", "weight_decay")
@@ -96,7 +97,7 @@ class _Group:
     def grad(self, buf):
         self._grad = buf
         self.grad_views = self.views(buf)
-        for p, view in zip(self.params, self.grad_views):
+        for p, view in zip(self.params, self.grad_views, strict=True):
             p.grad_buffer = view
 
 
@@ -167,7 +168,7 @@ class AdamW:
         for grp in self.groups:
             grp.whole = all(p._grad is not None for p in grp.params)
             if grp.whole:
-                for p, g in zip(grp.params, grp.grad_views):
+                for p, g in zip(grp.params, grp.grad_views, strict=True):
                     if p._grad is not g:
                         g[...] = p._grad
         return all(grp.whole for grp in self.groups)
@@ -210,7 +211,7 @@ class AdamW:
             else:  # torch skips parameters without a gradient: update the others one by one, each at its own step
                 grads = grp.grad_views if grp.whole else [p._grad for p in grp.params]
                 ms, vs = grp.views(grp.exp_avg), grp.views(grp.exp_avg_sq)
-                for i, (p, g) in enumerate(zip(grp.params, grads)):
+                for i, (p, g) in enumerate(zip(grp.params, grads, strict=True)):
                     if g is not None:
                         grp.steps[i] += 1
                         self._update(p.data, g, ms[i], vs[i], grp, grp.steps[i], coef)
@@ -234,8 +235,8 @@ class AdamW:
         for key in ("exp_avg", "exp_avg_sq"):
             if len(state[key]) != len(params):
                 raise ValueError(f"AdamW.load_state_dict: {len(state[key])} {key} arrays for {len(params)} parameters")
-        views = [(a, b) for g in self.groups for a, b in zip(g.views(g.exp_avg), g.views(g.exp_avg_sq))]
-        for p, (m, v), sm, sv in zip(params, views, state["exp_avg"], state["exp_avg_sq"]):
+        views = [(a, b) for g in self.groups for a, b in zip(g.views(g.exp_avg), g.views(g.exp_avg_sq), strict=True)]
+        for p, (m, v), sm, sv in zip(params, views, state["exp_avg"], state["exp_avg_sq"], strict=True):
             sm, sv = np.asarray(sm), np.asarray(sv)
             if tuple(sm.shape) != p.shape or tuple(sv.shape) != p.shape:
                 raise ValueError(f"AdamW.load_state_dict: moment shape {tuple(sm.shape)} for a parameter of {p.shape}")
@@ -247,7 +248,7 @@ class AdamW:
             raise ValueError(f"AdamW.load_state_dict: {len(steps)} step counts for {len(params)} parameters")
         for g in self.groups:
             g.steps, steps = steps[:len(g.params)], steps[len(g.params):]
-        for g, lr in zip(self.groups, state.get("lr") or ()):
+        for g, lr in zip(self.groups, state.get("lr") or (), strict=False):   # older states have no "lr"
             g.lr = float(lr)
 
 

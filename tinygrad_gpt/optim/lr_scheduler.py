@@ -36,7 +36,7 @@ class LRScheduler:
         else:
             self.last_epoch += 1
             values = self.get_lr()
-        for g, lr in zip(self.optimizer.param_groups, values):
+        for g, lr in zip(self.optimizer.param_groups, values, strict=True):
             g["lr"] = lr
         self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
@@ -68,7 +68,7 @@ class CosineAnnealingLR(LRScheduler):
             return self._closed_form()
         if (e - 1 - T) % (2 * T) == 0:
             return [g["lr"] + (base - self.eta_min) * (1 - math.cos(math.pi / T)) / 2
-                    for base, g in zip(self.base_lrs, groups)]
+                    for base, g in zip(self.base_lrs, groups, strict=True)]
         return [(1 + math.cos(math.pi * e / T)) / (1 + math.cos(math.pi * (e - 1) / T)) * (g["lr"] - self.eta_min)
                 + self.eta_min for g in groups]
 
@@ -88,7 +88,7 @@ class LambdaLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
-        return [base * fn(self.last_epoch) for fn, base in zip(self.lr_lambdas, self.base_lrs)]
+        return [base * fn(self.last_epoch) for fn, base in zip(self.lr_lambdas, self.base_lrs, strict=True)]
 
 
 class StepLR(LRScheduler):
