@@ -121,17 +121,19 @@ def _kernel_products(bc):
     from tinygrad_gpt.kernels.cpu import blas, linear
     lib = blas.find()
     fn, pieces = lib.gemm_for(np.float32), linear._pieces()
+    fwd, gemm, none = linear.linear_fwd.run, linear.gemm_rows.run, linear.NO_ACTIVATION
     out = []
     for label, count, flops, x, w, g in _operands(bc):
         y, dx, dw = np.empty_like(g), np.empty_like(x), np.empty_like(w)
         macs = x.shape[0] * w.shape[0] * w.shape[1]
-        fwd, gemm = linear._pick(linear.linear_fwd, macs), linear._pick(linear.gemm_rows, macs)
         out += [(label, "y = x W^T", count, flops,
-                 lambda x=x, w=w, y=y, f=fwd: f(fn, lib.ilp64, x, w, y, None, 0, None, None, pieces)),
+                 lambda x=x, w=w, y=y, m=macs: fwd(m, fn, lib.ilp64, x, w, y, None, none, None, None, pieces)),
                 (label, "dx = g W", count, flops,
-                 lambda g=g, w=w, dx=dx, f=gemm: f(fn, lib.ilp64, g, blas.NO_TRANS, w, blas.NO_TRANS, dx, pieces)),
+                 lambda g=g, w=w, dx=dx, m=macs: gemm(m, fn, lib.ilp64, g, blas.NO_TRANS, w, blas.NO_TRANS, dx,
+                                                      pieces)),
                 (label, "dW = g^T x", count, flops,
-                 lambda g=g, x=x, dw=dw, f=gemm: f(fn, lib.ilp64, g, blas.TRANS, x, blas.NO_TRANS, dw, pieces))]
+                 lambda g=g, x=x, dw=dw, m=macs: gemm(m, fn, lib.ilp64, g, blas.TRANS, x, blas.NO_TRANS, dw,
+                                                      pieces))]
     return out
 
 

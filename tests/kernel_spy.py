@@ -2,9 +2,9 @@
 ran (a launcher can fall back to NumPy, kernels can be off, a twin can be called where the kernel was meant), and
 which compiled version of it, serial or parallel (kernels/cpu/_jit.py), the size thresholds picked.
 
-`spy()` replaces the `serial` and `parallel` dispatchers of every Kernel in tinygrad_gpt/kernels/cpu/ by counting
-wrappers for the duration of a `with` block (every launcher reaches them as attributes at call time: `k.run`,
-`k.parallel`, `_pick(k, ...)`), and yields a Counter of (kernel name, "serial" or "parallel") -> calls.
+`spy()` replaces the `serial` and `parallel` dispatchers of every CpuKernel in tinygrad_gpt/kernels/cpu/ by
+counting wrappers for the duration of a `with` block (every launcher reaches them through `k.run`, which reads them
+as attributes at call time), and yields a Counter of (kernel name, "serial" or "parallel") -> calls.
 """
 import collections
 import contextlib
@@ -15,14 +15,14 @@ import pkgutil
 
 @functools.lru_cache(maxsize=None)
 def kernel_objects():
-    """{name: Kernel} of every compiled kernel of the CPU kernel modules (found once per process)."""
+    """{name: CpuKernel} of every compiled kernel of the CPU kernel modules (found once per process)."""
     import tinygrad_gpt.kernels.cpu as pkg
-    from tinygrad_gpt.kernels.cpu._jit import Kernel
+    from tinygrad_gpt.kernels.cpu._jit import CpuKernel
     found = {}
     for info in pkgutil.iter_modules(pkg.__path__):
         mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
         for value in vars(mod).values():
-            if isinstance(value, Kernel):
+            if isinstance(value, CpuKernel):
                 found[value.__name__] = value
     return found
 

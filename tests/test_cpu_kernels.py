@@ -42,7 +42,7 @@ needs_blas = pytest.mark.skipif(not blas.available(), reason="no BLAS numba can 
 
 
 def variant(work):
-    """The version of an elementwise kernel (Kernel.run) a launch of `work` elements runs."""
+    """The version of an elementwise kernel (CpuKernel.run) a launch of `work` elements runs."""
     return "parallel" if work >= tuning.PARALLEL_WORK else "serial"
 
 
@@ -131,9 +131,8 @@ def test_linear(dtype, n, i, d, bias, activation, residual, seed):
         grads0 = F.linear_backward.reference(g.copy(), x, w, bias, saved0, activation)
     assert not twin_calls
     # the BLAS route: one fused forward, the two products of the backward, and act'(.) fused with db's column sums
-    epilogue = {"relu": "relu_bwd", "gelu": "gelu_bwd", None: "column_sums_part" if bias else None}[activation]
     assert calls.ran("linear_fwd") == 1 and calls.ran("gemm_rows") == 2 and calls.ran("epilogue_fwd") == 0
-    assert {k for k in ("relu_bwd", "gelu_bwd", "column_sums_part") if calls.ran(k)} == ({epilogue} - {None})
+    assert calls.ran("epilogue_bwd") == (1 if bias or activation else 0)
     # gelu goes through the kernels' tanh: a few u of |u| more per element
     close(y, y0, tol(dtype, i) + (16 * u(dtype) if activation == "gelu" else 0), "y")
     if activation == "gelu":
@@ -422,14 +421,13 @@ def test_linear_branches(route, case, activation):
         grads = F.linear_backward(g.copy(), x, w, True, saved, activation)
     y0, saved0 = F.linear_forward.reference(x, w, b, activation, r)
     grads0 = F.linear_backward.reference(g.copy(), x, w, True, saved0, activation)
-    epilogue = {"relu": "relu_bwd", "gelu": "gelu_bwd", None: "column_sums_part"}[activation]
     if route == "blas":
         assert calls.ran("linear_fwd", products) == 1 and calls.ran("gemm_rows", products) == 2
         assert calls.ran("epilogue_fwd") == 0
     else:
         assert calls.ran("linear_fwd") == calls.ran("gemm_rows") == 0
         assert calls.ran("epilogue_fwd", epilogues) == 1
-    assert calls.ran(epilogue, epilogues) == 1
+    assert calls.ran("epilogue_bwd", epilogues) == 1
     gelu = 16 * u(dtype) if activation == "gelu" else 0
     close(y, y0, tol(dtype, i) + gelu, "y")
     slope = 32 * u(dtype) if activation == "gelu" else 0
@@ -506,7 +504,7 @@ def test_attention_branches(dtype, case, shape, expected):
 
 @pytest.mark.parametrize("rows, expected", [(10, "serial"), (300, "parallel")])
 def test_elementwise_kernels_serial_and_parallel(rows, expected):
-    """The other kernels (Kernel.run) switch to their parallel version at PARALLEL_WORK elements: rows x 64 (or 65)
+    """The other kernels (CpuKernel.run) switch to their parallel version at PARALLEL_WORK elements: rows x 64 (or 65)
     float32 elements, 640 or 19,200. Tolerances: the hypothesis tests' above."""
     dtype = np.float32
     assert (rows * 64 >= tuning.PARALLEL_WORK) == (expected == "parallel")
@@ -573,8 +571,8 @@ def test_gradient_sum_and_store_are_the_twins_bits(dtype, n):
 # ---- threads, determinism, the whole model -----------------------------------------------------------------------
 
 LR = 1e-2
-STEP_KERNELS = {"embed_fwd", "embed_bwd", "layer_norm_fwd", "layer_norm_bwd", "linear_fwd", "gemm_rows", "relu_bwd",
-                "column_sums_part", "sum_rows", "attention_fwd", "attention_bwd", "dropout_fwd", "cross_entropy_fwd",
+STEP_KERNELS = {"embed_fwd", "embed_bwd", "layer_norm_fwd", "layer_norm_bwd", "linear_fwd", "gemm_rows",
+                "epilogue_bwd", "sum_rows", "attention_fwd", "attention_bwd", "dropout_fwd", "cross_entropy_fwd",
                 "cross_entropy_bwd", "sq_norm_parts", "adamw_upd", "add_flat", "copy_flat"}   # what _gpt_step launches
 
 
@@ -792,7 +790,7 @@ def test_without_a_callable_blas_the_kernels_fall_back(tmp_path):
             "assert kernels.launcher('linear_forward', 'cpu') is not None\n"
             "with T.spy() as calls:\n    ours = T._gpt_step(np.float64)\n"
             "assert not {{'linear_fwd', 'gemm_rows', 'attention_fwd', 'attention_bwd'}} & calls.names()\n"
-            "assert {{'epilogue_fwd', 'relu_bwd', 'layer_norm_fwd'}} <= calls.names(), calls\n"
+            "assert {{'epilogue_fwd', 'epilogue_bwd', 'layer_norm_fwd'}} <= calls.names(), calls\n"
             "kernels.set_enabled(False, 'cpu')\ntwins = T._gpt_step(np.float64)\n"
             "T.compare_steps(ours, twins, 'fallback step')\nprint('ok')\n"
             ).format(tests=str(ROOT / "tests"))

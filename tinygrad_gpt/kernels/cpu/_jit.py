@@ -4,8 +4,10 @@ compiled twice by numba, serial and parallel, both cached on disk.
 Why two: numba's parallel loops run on its pool of OpenMP threads, which does all of a step's work (the matrix
 products too: kernels/cpu/blas.py). Between kernels its idle threads spin for a while, so handing work to them costs a
 few microseconds; still, a kernel over a few thousand elements is faster on the calling thread. Launchers call
-`kernel.run(work, *args)`: the parallel version when `work` (elements touched) reaches tuning.PARALLEL_WORK, the
-serial one otherwise. The choice depends on the size only, never on the thread count, and every kernel splits its
+every kernel one way, `kernel.run(work, *args)`: the parallel version when `work` reaches the kernel's threshold
+(elements touched against tuning.PARALLEL_WORK; multiply-adds against tuning.PARALLEL_MACS for a kernel of matrix
+products), the serial one otherwise (always, for a kernel declared serial). The choice depends on the size only, never
+on the thread count, and every kernel splits its
 work into pieces that do not depend on the thread count and combines partial results in a fixed order: so the bits
 of a result do not depend on how many threads numba has (NUMBA_NUM_THREADS, the cores by default). (The two
 compilations may round differently from each other: LLVM vectorises each on its own.)
@@ -53,11 +55,17 @@ def cached(decorator, fn, *args, **options):
     return decorator(*args, cache=False, **options)(fn)
 
 
-class Kernel:
-    """A numba kernel compiled serial and parallel (on first use of each, for the argument types it meets)."""
+class CpuKernel:
+    """A numba CPU kernel compiled serial and parallel (on first use of each, for the argument types it meets);
+    `run(work, *args)` calls the version the size of the work asks for. work: what `work` counts, "elements" or
+    "macs" (see the module docstring), or "serial" for a kernel that runs serial at any size."""
 
-    def __init__(self, fn, exact=False):
-        self.__name__, self.__doc__ = fn.__name__, fn.__doc__
+    WORK = ("elements", "macs", "serial")
+
+    def __init__(self, fn, exact=False, work="elements"):
+        if work not in self.WORK:
+            raise ValueError(f"kernel {fn.__name__}: work must be one of {self.WORK}, got {work!r}")
+        self.__name__, self.__doc__, self.work = fn.__name__, fn.__doc__, work
         options = dict(nogil=True, error_model="numpy", fastmath=set() if exact else FASTMATH)
         self.serial = cached(numba.njit, fn, **options)
         # a renamed copy of the function: numba's disk cache is keyed by the function's qualified name, so the
@@ -68,18 +76,23 @@ class Kernel:
         self.parallel = cached(numba.njit, par, parallel=True, **options)
 
     def run(self, work, *args):
-        """Call the parallel version when `work` elements are enough to pay for the thread hand-off."""
-        if work >= tuning.PARALLEL_WORK:
+        """Call the parallel version when `work` is enough to pay for the thread hand-off (the thresholds are read at
+        each call)."""
+        if self.work == "elements":
+            threshold = tuning.PARALLEL_WORK
+        elif self.work == "macs":
+            threshold = tuning.PARALLEL_MACS
+        else:
+            return self.serial(*args)
+        if work >= threshold:
             return self.parallel(*args)
         return self.serial(*args)
 
-    def __call__(self, *args):
-        return self.serial(*args)
 
-
-def kernel(fn=None, *, exact=False):
+def kernel(fn=None, *, exact=False, work="elements"):
     """Decorator: @kernel, or @kernel(exact=True) for a kernel that repeats its twin's float operations one by one
-    (no reassociation, no fused multiply-add)."""
+    (no reassociation, no fused multiply-add); work="macs" for a kernel of matrix products (its launchers pass
+    multiply-adds), work="serial" for one that always runs serial."""
     if fn is None:
-        return lambda f: Kernel(f, exact)
-    return Kernel(fn, exact)
+        return lambda f: CpuKernel(f, exact, work)
+    return CpuKernel(fn, exact, work)

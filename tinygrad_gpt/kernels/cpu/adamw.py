@@ -7,8 +7,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
+from ._reduce import n_pieces
 from .tuning import ADAMW_PIECE as PIECE
-
 
 
 @kernel(exact=True)
@@ -16,7 +16,7 @@ def adamw_upd(p, g, m, v, coef, decay, one_minus_beta1, beta2, one_minus_beta2, 
     """In place: g *= coef (clipping; coef 1 when off), then the update of p, m, v from g. Pieces of PIECE elements,
     each a loop from 0 over slices (a loop with a computed start did not vectorise)."""
     n = p.shape[0]
-    for q in prange(-(-n // PIECE)):
+    for q in prange(n_pieces(n, PIECE)):
         a, b = q * PIECE, min(n, (q + 1) * PIECE)
         pq, gq, mq, vq = p[a:b], g[a:b], m[a:b], v[a:b]
         for i in range(b - a):
@@ -51,7 +51,7 @@ def grad_norm(grads):
     total = 0.0
     for g in grads:
         flat = np.ascontiguousarray(g).reshape(-1)
-        parts = np.empty(max(1, -(-flat.size // PIECE)))
+        parts = np.empty(n_pieces(flat.size, PIECE))
         sq_norm_parts.run(flat.size, flat, parts)
         total += float(parts.sum())
     return float(np.sqrt(total))
@@ -65,6 +65,6 @@ def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt,
     arrays = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in (p, g, m, v)]
     adamw_upd.run(p.size, *[a.reshape(-1) for a in arrays], f(coef), f(decay), f(1.0 - beta1), f(beta2),
                   f(1.0 - beta2), f(bc2_sqrt), f(eps), f(lr / bc1))
-    for dst, src in zip((p, g, m, v), arrays):
+    for dst, src in zip((p, g, m, v), arrays, strict=True):
         if src is not dst:
             dst[...] = src

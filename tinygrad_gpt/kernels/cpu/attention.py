@@ -88,7 +88,7 @@ def _softmax_block(s, off):
             row[i] *= l[i]                                         # P^T = exp(S - m)^T / l
 
 
-@kernel
+@kernel(work="macs")
 def attention_fwd(fn, ilp64, q, k, v, y, blk, pbuf, abuf, keep, scale, ks):
     """y (B, H, t, hs) = A V, A = softmax(causal(Q K^T / sqrt(hs))) (* keep * ks under dropout); q, k, v, y any
     strides with unit last stride. pbuf (B, H, total) receives each block's P^T; abuf its A^T under dropout (keep
@@ -124,7 +124,7 @@ def attention_fwd(fn, ilp64, q, k, v, y, blk, pbuf, abuf, keep, scale, ks):
                       _rows(v), ft(0), _addr(y, b, h, i0), _rows(y))        # Y = A V   (n, hs)
 
 
-@kernel
+@kernel(work="macs")
 def attention_bwd(fn, ilp64, q, k, v, y, dy, dq, dk, dv, blk, pbuf, abuf, keep, scale, ks):
     """dq, dk, dv (any strides, unit last stride) from dy and the forward's blocks of P^T (and A^T)."""
     bsz, nh, t, hs = q.shape
@@ -193,8 +193,8 @@ def attention_forward(q, k, v, keep=None, p=0.0, out=None, scale=None):
     abuf = None if keep is None else np.empty_like(pbuf)           # and A^T under dropout
     kb = None if keep is None else np.ascontiguousarray(keep).view(np.uint8)
     with lib.single_threaded():
-        kernel = attention_fwd.parallel if b * h * t * tk * hs >= tuning.PARALLEL_MACS else attention_fwd.serial
-        kernel(lib.gemm_for(q.dtype), lib.ilp64, q, k, v, y, blk, pbuf, abuf, kb, scale, ks)
+        attention_fwd.run(b * h * t * tk * hs, lib.gemm_for(q.dtype), lib.ilp64, q, k, v, y, blk, pbuf, abuf, kb,
+                          scale, ks)
     if out is not None and y is not out:
         out[...] = y
         y = out
@@ -210,9 +210,9 @@ def attention_backward(dy, cache, out=None):
     grads = [o if o is not None and o.strides[-1] == o.itemsize else np.empty(a.shape, a.dtype)
              for o, a in zip(given, (q, k, v))]
     b, h, t, hs = q.shape
-    kernel = attention_bwd.parallel if b * h * t * k.shape[-2] * hs >= tuning.PARALLEL_MACS else attention_bwd.serial
     with lib.single_threaded():
-        kernel(lib.gemm_for(q.dtype), lib.ilp64, q, k, v, y, dy, *grads, blk, pbuf, abuf, kb, scale, ks)
+        attention_bwd.run(b * h * t * k.shape[-2] * hs, lib.gemm_for(q.dtype), lib.ilp64, q, k, v, y, dy, *grads, blk,
+                          pbuf, abuf, kb, scale, ks)
     if out is None:
         return tuple(grads)
     for o, g in zip(out, grads):

@@ -7,10 +7,9 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
+from ._math import exp
 from ._reduce import n_pieces
 from .tuning import ROWS
-from ._math import exp
-
 
 
 @kernel

@@ -7,8 +7,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
+from ._reduce import n_pieces
 from .tuning import EMBED_COLS as COLS
-
 
 
 @kernel
@@ -31,7 +31,7 @@ def embed_bwd(idx, g, d_tok, d_pos):
     bsz, t = idx.shape
     c = g.shape[2]
     ft = g.dtype.type
-    for p in prange(-(-c // COLS)):
+    for p in prange(n_pieces(c, COLS)):
         j0, j1 = p * COLS, min(c, (p + 1) * COLS)
         d_tok[:, j0:j1] = ft(0)
         d_pos[:, j0:j1] = ft(0)

@@ -13,7 +13,6 @@ from ._reduce import n_pieces, sum_rows
 from .tuning import ROWS
 
 
-
 @kernel
 def layer_norm_fwd(x, w, b, eps, y, mean, rstd):
     """x (N, C) -> y = (x - mean) * rstd * w + b, mean and rstd (N,) (biased variance, two passes). b may be None."""
@@ -96,6 +95,6 @@ def layer_norm_backward(g, cache):
                        db_part)
     dw = np.empty(c, g2.dtype)
     db = np.empty(c, g2.dtype)
-    sum_rows(dw_part, dw)
-    sum_rows(db_part, db)
+    sum_rows.run(dw_part.size, dw_part, dw)
+    sum_rows.run(db_part.size, db_part, db)
     return dx.reshape(g.shape), dw, db

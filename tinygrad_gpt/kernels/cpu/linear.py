@@ -4,8 +4,9 @@ the forward's epilogue (bias, activation, residual) runs on each thread's rows r
 are in the cache; the backward's activation derivative is fused with the bias gradient (column sums).
 NumPy twins: fused.linear_forward / linear_backward.
 
-Activations: None, "relu", "gelu" (the tanh form, GPT-2's and torch's gelu(approximate="tanh")); numba removes the
-code for an argument that is None (a missing bias, residual or bias gradient) when it compiles.
+Activations: None, "relu", "gelu" (the tanh form, GPT-2's and torch's gelu(approximate="tanh")), passed to the
+kernels as the codes NO_ACTIVATION, RELU, GELU (ACTIVATION maps the names to them); numba removes the code for an
+argument that is None (a missing bias, residual, activation input or bias gradient) when it compiles.
 Dimension names: N rows, D outputs (out), I inputs (in); the column sums run in pieces of ROWS rows.
 """
 import math
@@ -14,7 +15,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import blas, tuning
+from . import blas
 from ._jit import kernel
 from ._math import tanh
 from ._reduce import n_pieces, sum_rows
@@ -22,7 +23,8 @@ from .tuning import ROWS
 
 _GELU_K = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
-ACT = {None: 0, "relu": 1, "gelu": 2}
+NO_ACTIVATION, RELU, GELU = 0, 1, 2                 # the kernels' `act` argument (numba compiles them as constants)
+ACTIVATION = {None: NO_ACTIVATION, "relu": RELU, "gelu": GELU}
 
 
 @numba.njit(inline="always")
@@ -45,9 +47,9 @@ def epilogue_fwd(y, b, act, residual, pre):
             v = y[i, j]
             if b is not None:
                 v += b[j]
-            if act == 1:
+            if act == RELU:
                 v = max(v, ft(0))
-            elif act == 2 and pre is not None:
+            elif act == GELU and pre is not None:
                 pre[i, j] = v
                 v = _gelu_and_slope(v, ft)[0]
             if residual is not None:
@@ -56,56 +58,34 @@ def epilogue_fwd(y, b, act, residual, pre):
 
 
 @kernel
-def relu_bwd(g, h, db_part):
-    """In place on g (N, D): g *= [h > 0] (h the ReLU's output); db_part (pieces, D) receives the column sums of the
-    result per piece of ROWS rows, or is None."""
+def epilogue_bwd(g, relu_out, gelu_in, db_part):
+    """The backward of the epilogue, in place on g (N, D): g *= [relu_out > 0] (relu_out the ReLU's output) or
+    g *= gelu'(gelu_in) (gelu_in the GELU's input), at most one of them given; with neither, g is only read.
+    db_part (pieces, D) receives the column sums of the result per piece of ROWS rows, or is None."""
     n, d = g.shape
     ft = g.dtype.type
-    for p in prange(-(-n // ROWS)):
+    for p in prange(n_pieces(n)):
         if db_part is not None:
             db_part[p, :] = ft(0)
         for i in range(p * ROWS, min(n, (p + 1) * ROWS)):
             for j in range(d):
-                v = g[i, j] if h[i, j] > ft(0) else ft(0)
-                g[i, j] = v
+                v = g[i, j]
+                if relu_out is not None:
+                    v = v if relu_out[i, j] > ft(0) else ft(0)
+                    g[i, j] = v
+                elif gelu_in is not None:
+                    v = v * _gelu_and_slope(gelu_in[i, j], ft)[1]
+                    g[i, j] = v
                 if db_part is not None:
                     db_part[p, j] += v
 
 
-@kernel
-def gelu_bwd(g, pre, db_part):
-    """In place on g (N, D): g *= gelu'(pre); db_part as in relu_bwd."""
-    n, d = g.shape
-    ft = g.dtype.type
-    for p in prange(-(-n // ROWS)):
-        if db_part is not None:
-            db_part[p, :] = ft(0)
-        for i in range(p * ROWS, min(n, (p + 1) * ROWS)):
-            for j in range(d):
-                v = g[i, j] * _gelu_and_slope(pre[i, j], ft)[1]
-                g[i, j] = v
-                if db_part is not None:
-                    db_part[p, j] += v
-
-
-@kernel
-def column_sums_part(g, db_part):
-    """db_part (pieces, D): the column sums of g (N, D) per piece of ROWS rows."""
-    n, d = g.shape
-    ft = g.dtype.type
-    for p in prange(-(-n // ROWS)):
-        db_part[p, :] = ft(0)
-        for i in range(p * ROWS, min(n, (p + 1) * ROWS)):
-            for j in range(d):
-                db_part[p, j] += g[i, j]
-
-
-@kernel
+@kernel(work="macs")
 def linear_fwd(fn, ilp64, x, w, y, b, act, residual, pre, pieces):
     """y (N, D) = act(x (N, I) W^T + b) + residual, W (D, I), in `pieces` parts, each one BLAS call and then its
     epilogue while its part of y is in the cache: parts of rows, or, for fewer than 4 rows per piece (generation's one
-    row at a time), parts of columns, so that every thread still reads its share of W. act: 0 none, 1 ReLU, 2 GELU
-    (pre receives x W^T + b). b, residual, pre may be None."""
+    row at a time), parts of columns, so that every thread still reads its share of W. act: NO_ACTIVATION, RELU or
+    GELU (pre receives x W^T + b). b, residual, pre may be None."""
     n, d = y.shape
     k = x.shape[1]
     ft = y.dtype.type
@@ -125,10 +105,10 @@ def linear_fwd(fn, ilp64, x, w, y, b, act, residual, pre, pieces):
                 bb = b[c0:c1]
                 for j in range(c1 - c0):
                     row[j] += bb[j]
-            if act == 1:
+            if act == RELU:
                 for j in range(c1 - c0):
                     row[j] = max(row[j], ft(0))
-            elif act == 2 and pre is not None:
+            elif act == GELU and pre is not None:
                 prow = pre[i, c0:c1]
                 for j in range(c1 - c0):
                     prow[j] = row[j]
@@ -139,7 +119,7 @@ def linear_fwd(fn, ilp64, x, w, y, b, act, residual, pre, pieces):
                     row[j] += rrow[j]
 
 
-@kernel
+@kernel(work="macs")
 def gemm_rows(fn, ilp64, a, ta, b, tb, c, pieces):
     """c (M, N) = op(a) op(b), the rows of c in `pieces` parts (one BLAS call each); a, b, c C-contiguous 2-D,
     op(a) = a (ta NO_TRANS: a is (M, K)) or a^T (TRANS: a is (K, M)), op(b) likewise."""
@@ -152,12 +132,6 @@ def gemm_rows(fn, ilp64, a, ta, b, tb, c, pieces):
         a0 = r0 * lda if ta == blas.NO_TRANS else r0                # op(a)'s rows r0: rows of a, or columns of a^T
         blas.gemm(fn, ilp64, ta, tb, r1 - r0, n, k, ft(1), a.ctypes.data + a0 * a.itemsize, lda, b.ctypes.data, ldb,
                   ft(0), c.ctypes.data + r0 * n * c.itemsize, n)
-
-
-def _pick(kernel, macs):
-    """The kernel's parallel version for a product of `macs` multiply-adds, or its serial one below
-    tuning.PARALLEL_MACS (read at each call, as matmul.py and attention.py do)."""
-    return kernel.parallel if macs >= tuning.PARALLEL_MACS else kernel.serial
 
 
 def _pieces():
@@ -176,9 +150,8 @@ def linear_forward(x, w, b=None, activation=None, residual=None):
     pre = np.empty_like(y) if activation == "gelu" else None
     res = None if residual is None else np.ascontiguousarray(residual)
     with lib.single_threaded():
-        _pick(linear_fwd, n * d * x.shape[1])(lib.gemm_for(y.dtype), lib.ilp64, x, np.ascontiguousarray(w), y, b,
-                                              ACT[activation], res,
-                            pre, _pieces())
+        linear_fwd.run(n * d * x.shape[1], lib.gemm_for(y.dtype), lib.ilp64, x, np.ascontiguousarray(w), y, b,
+                       ACTIVATION[activation], res, pre, _pieces())
     return y, (y if activation == "relu" else pre)
 
 
@@ -194,10 +167,10 @@ def linear_backward(g, x, w, bias=True, saved=None, activation=None):
     dx = np.empty((g.shape[0], w.shape[1]), g.dtype)
     dw = np.empty(w.shape, g.dtype)
     fn, pieces = lib.gemm_for(g.dtype), _pieces()
+    macs = g.size * w.shape[1]
     with lib.single_threaded():
-        gemm = _pick(gemm_rows, g.size * w.shape[1])
-        gemm(fn, lib.ilp64, g, blas.NO_TRANS, w, blas.NO_TRANS, dx, pieces)               # dx = g W
-        gemm(fn, lib.ilp64, g, blas.TRANS, x, blas.NO_TRANS, dw, pieces)                  # dW = g^T x
+        gemm_rows.run(macs, fn, lib.ilp64, g, blas.NO_TRANS, w, blas.NO_TRANS, dx, pieces)     # dx = g W
+        gemm_rows.run(macs, fn, lib.ilp64, g, blas.TRANS, x, blas.NO_TRANS, dw, pieces)        # dW = g^T x
     return dx, dw, db
 
 
@@ -205,7 +178,7 @@ def epilogue_forward(y, b=None, activation=None, residual=None):
     """In place on the contiguous y (N, D): y = act(y + b) + residual; returns what the backward needs."""
     pre = np.empty_like(y) if activation == "gelu" else None
     if activation is not None or b is not None or residual is not None:
-        epilogue_fwd.run(y.size, y, b, ACT[activation], residual, pre)
+        epilogue_fwd.run(y.size, y, b, ACTIVATION[activation], residual, pre)
     return y if activation == "relu" else pre
 
 
@@ -213,16 +186,13 @@ def epilogue_backward(g, saved, activation=None, bias=True):
     """In place on the contiguous g (N, D): g *= act'(.); returns db (D,) (column sums of the result) or None."""
     n, d = g.shape
     parts = np.empty((n_pieces(n), d), g.dtype) if bias else None
-    if activation == "relu":
-        relu_bwd.run(g.size, g, saved, parts)
-    elif activation == "gelu":
-        gelu_bwd.run(g.size, g, saved, parts)
-    elif bias:
-        column_sums_part.run(g.size, g, parts)
+    if activation is not None or bias:
+        epilogue_bwd.run(g.size, g, saved if activation == "relu" else None, saved if activation == "gelu" else None,
+                         parts)
     if not bias:
         return None
     if n == 0:
         return np.zeros(d, g.dtype)
     db = np.empty(d, g.dtype)
-    sum_rows(parts, db)
+    sum_rows.run(parts.size, parts, db)
     return db

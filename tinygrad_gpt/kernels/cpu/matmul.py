@@ -14,16 +14,16 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import blas, tuning
+from . import blas
 from ._jit import kernel
-
+from ._reduce import n_pieces
 
 SMALL = 1 << 15
 """Multiply-adds below which NumPy's matmul is faster (OpenBLAS runs such products on one thread, and a kernel call
 costs ~10 us): a generation step's one row, a notebook's 4 x 4."""
 
 
-@kernel
+@kernel(work="macs")
 def bmm(fn, ilp64, a, ta, lda, b, tb, ldb, c, row_parts):
     """c[i] (M, N) = a[i] b[i] for every i of the batch, c C-contiguous (nb, M, N); a (nb, M, K), b (nb, K, N) 3-D
     views whose matrices the BLAS reads in place with leading dimensions lda, ldb: row by row (NO_TRANS) or, for a
@@ -106,9 +106,8 @@ def _run(lib, a3, b3):
     a3, ta, lda = _as_blas(a3)
     b3, tb, ldb = _as_blas(b3)
     threads = max(1, numba.config.NUMBA_NUM_THREADS)
-    row_parts = max(1, min(m, -(-2 * threads // nb)))              # at least 2 pieces per thread, rows allowing
-    small = nb * row_parts == 1 or nb * m * n * a3.shape[2] < tuning.PARALLEL_MACS    # not worth the threads
+    row_parts = min(m, n_pieces(2 * threads, nb))                 # at least 2 pieces per thread, rows allowing
+    macs = nb * m * n * a3.shape[2] if nb * row_parts > 1 else 0   # one piece: nothing to share out
     with lib.single_threaded():
-        (bmm.serial if small else bmm.parallel)(lib.gemm_for(c.dtype), lib.ilp64, a3, ta, lda, b3, tb, ldb, c,
-                                                row_parts)
+        bmm.run(macs, lib.gemm_for(c.dtype), lib.ilp64, a3, ta, lda, b3, tb, ldb, c, row_parts)
     return c
