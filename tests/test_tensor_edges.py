@@ -448,24 +448,17 @@ def _erf_inputs():
                                                                                       30.0, -np.inf, np.inf]])
 
 
-def _from_numba(erf):
-    """True for the ufunc numba.vectorize makes (a numba DUFunc), false for the fallback (a function around
-    np.vectorize(math.erf))."""
-    return type(erf).__module__.split(".")[0] == "numba"
-
-
 def _ulp_errors(got, want):
     return np.abs(got.astype(np.float64) - want) / np.spacing(np.abs(want).astype(got.dtype)).astype(np.float64)
 
 
 @pytest.fixture
-def cpu_kernels(monkeypatch):
-    """`cpu_kernels(on)` turns the CPU kernels on or off for this test and empties tensor.py's erf cache, so that the
-    next exact GELU builds its erf again under that setting (the environment variable is read once per process, and
-    the erf is built once). Afterwards the setting is back to the environment's choice and the cache as it was."""
+def cpu_kernels():
+    """`cpu_kernels(on)` turns the CPU kernels on or off for this test, so that the next erf (tensor.erf, a twin of
+    the kernels' table) runs the numba ufunc (kernels/cpu/erf.py) or math.erf per element. Afterwards the setting is
+    back to the environment's choice."""
     def switch(on):
         kernels.set_enabled(on, "cpu")
-        monkeypatch.setattr(tensor_module, "_erf_numpy", None)
     try:
         yield switch
     finally:
@@ -478,8 +471,8 @@ def test_erf_matches_math_erf(cpu_kernels, on):
     compiled from the same C function, and with the CPU kernels off math.erf itself. Both within 2 ulp of it in
     float64, and in float32 (numba calls the C library's float erff) within 2 float32 ulp of math.erf rounded."""
     cpu_kernels(on)
-    erf = tensor_module._make_erf()
-    assert _from_numba(erf) == on
+    erf = tensor_module.erf
+    assert (kernels.launcher("erf", "cpu") is not None) == on
     x = _erf_inputs()
     want = np.array([math.erf(v) for v in x])
     got = erf(x)
@@ -499,10 +492,10 @@ def test_exact_gelu_with_kernels_off_equals_gelu_with_kernels_on(cpu_kernels):
     with np.errstate(invalid="ignore"):  # gelu(-inf) = -inf * 0 = nan, as in torch
         cpu_kernels(True)
         on = Tensor(x).gelu(approximate="none").numpy()
-        assert _from_numba(tensor_module._erf_numpy)
+        assert kernels.launcher("erf", "cpu") is not None
         cpu_kernels(False)
         off = Tensor(x).gelu(approximate="none").numpy()
-        assert not _from_numba(tensor_module._erf_numpy)
+        assert kernels.launcher("erf", "cpu") is None
     np.testing.assert_allclose(off, on, rtol=4 * np.finfo(np.float64).eps, atol=0)
 
 

@@ -11,19 +11,13 @@ the code here is also the oracle the kernels are tested against.
 Dimension names: N rows (B*t positions), B batch, t sequence length, C channels, H heads, hs = C // H head size,
 V vocabulary, Tk keys (t, or cache length when decoding), D a linear layer's outputs.
 """
-import math
-
 import numpy as np
 
 from .backend import array_module as _xp
-from .kernels import twin
+from .kernels import GELU_C, GELU_K, twin
 from .tensor import Tensor
 
-
 # ---- linear ------------------------------------------------------------------------------------------------------
-
-_GELU_K = math.sqrt(2.0 / math.pi)
-
 
 @twin
 def linear_forward(x, w, b=None, activation=None, residual=None):
@@ -63,16 +57,16 @@ def linear_backward(g, x, w, bias=True, saved=None, activation=None):
 
 
 def _gelu(u, xp):
-    """0.5 u (1 + tanh(k (u + 0.044715 u^3))), k = sqrt(2 / pi)."""
+    """0.5 u (1 + tanh(k (u + c u^3))), k = GELU_K = sqrt(2 / pi), c = GELU_C."""
     ft = u.dtype.type
-    return ft(0.5) * u * (1 + xp.tanh(ft(_GELU_K) * (u + ft(0.044715) * u ** 3)))
+    return ft(0.5) * u * (1 + xp.tanh(ft(GELU_K) * (u + ft(GELU_C) * u ** 3)))
 
 
 def _gelu_slope(u, xp):
-    """d gelu / du = 0.5 (1 + tanh w) + 0.5 u (1 - tanh^2 w) k (1 + 3 * 0.044715 u^2), w = k (u + 0.044715 u^3)."""
+    """d gelu / du = 0.5 (1 + tanh w) + 0.5 u (1 - tanh^2 w) k (1 + 3 c u^2), w = k (u + c u^3)."""
     ft = u.dtype.type
-    th = xp.tanh(ft(_GELU_K) * (u + ft(0.044715) * u ** 3))
-    return ft(0.5) * (1 + th) + ft(0.5) * u * (1 - th * th) * ft(_GELU_K) * (1 + ft(3 * 0.044715) * u * u)
+    th = xp.tanh(ft(GELU_K) * (u + ft(GELU_C) * u ** 3))
+    return ft(0.5) * (1 + th) + ft(0.5) * u * (1 - th * th) * ft(GELU_K) * (1 + ft(3 * GELU_C) * u * u)
 
 
 def linear(x, weight, bias=None, residual=None):

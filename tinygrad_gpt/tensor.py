@@ -37,7 +37,7 @@ import numpy as np
 from . import rng as _rng
 from .backend import CPU, device_of, get_device, to_device, to_host
 from .errors import DeviceError, TensorError, UnsupportedError
-from .kernels import twin
+from .kernels import GELU_C, GELU_K, twin
 
 _grad_enabled = True
 
@@ -261,35 +261,18 @@ def _mm(a, b):
     return a @ b
 
 
-_erf_numpy = None  # the cpu erf, made by the first _erf call (numba is imported only then) and kept for the process
+_erf_per_element = np.vectorize(math.erf, otypes=[np.float64])
 
 
-def _erf(x, xp):
-    """The error function elementwise, in x's float dtype. NumPy has none: on cpu a ufunc that numba compiles from
-    the C library's erf (math.erf), or math.erf called per element when the CPU kernels are off
-    (`kernels.enabled("cpu")` false: TINYGRAD_GPT_KERNELS=0, `kernels.set_enabled`, or numba missing). The choice is
-    made on the first call and kept in _erf_numpy: switching the kernels later does not change it. On cuda CuPy's
-    own."""
-    global _erf_numpy
-    if xp is not np:
-        from cupyx.scipy.special import erf
-        return erf(x)
-    if _erf_numpy is None:
-        _erf_numpy = _make_erf()
-    return _erf_numpy(x)
-
-
-def _make_erf():
-    from . import kernels
-    if kernels.enabled("cpu"):
-        import numba
-
-        def erf(v):
-            return math.erf(v)
-        from .kernels.cpu._jit import cached      # the disk cache where numba can write one
-        return cached(numba.vectorize, erf, ["float32(float32)", "float64(float64)"])
-    per_element = np.vectorize(math.erf, otypes=[np.float64])
-    return lambda x: per_element(x).astype(x.dtype, copy=False)
+@twin
+def erf(x):
+    """The error function elementwise, in x's float dtype (the exact GELU's Phi). NumPy has none: math.erf (the C
+    library's) per element on the CPU, CuPy's own on cuda. On the CPU its kernel (kernels/cpu/erf.py) is a ufunc that
+    numba compiles from the same C function."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return _erf_per_element(x).astype(x.dtype, copy=False)
+    from cupyx.scipy.special import erf as cupy_erf
+    return cupy_erf(x)
 
 
 class Tensor:
@@ -852,20 +835,19 @@ class Tensor:
         if approximate != "tanh":
             raise TensorError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
         xp, x = self.xp, _as_float(self.data)
-        k = math.sqrt(2.0 / math.pi)
-        u = k * (x + 0.044715 * x ** 3)
+        u = GELU_K * (x + GELU_C * x ** 3)
         th = xp.tanh(u)
         out = 0.5 * x * (1 + th)
 
         def backward(g):
-            # d/dx [0.5 x (1 + tanh u)] = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx, du/dx = k (1 + 3*0.044715 x^2)
-            du = k * (1 + 3 * 0.044715 * x * x)
+            # d/dx [0.5 x (1 + tanh u)] = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx, du/dx = k (1 + 3 c x^2)
+            du = GELU_K * (1 + 3 * GELU_C * x * x)
             return (g * (0.5 * (1 + th) + 0.5 * x * (1 - th * th) * du),)
         return Tensor._make(out, (self,), backward, "gelu")
 
     def _gelu_exact(self):
         xp, x = self.xp, _as_float(self.data)
-        cdf = 0.5 * (1 + _erf(x * (1 / math.sqrt(2.0)), xp))     # Phi(x) = (1 + erf(x / sqrt 2)) / 2
+        cdf = 0.5 * (1 + erf(x * (1 / math.sqrt(2.0))))          # Phi(x) = (1 + erf(x / sqrt 2)) / 2
         out = x * cdf
 
         def backward(g):

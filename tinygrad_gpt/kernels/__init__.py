@@ -4,7 +4,7 @@ and is the oracle the kernels are tested against (as llm.c keeps its CPU referen
 is decorated with `@twin`; calling it runs the kernel this table names for its arrays' device, or the twin itself
 where there is none or kernels are off. Launchers take the twins' arguments and return what the twins return.
 
-| twin (fused.py, optim.py)                 | cpu: kernels/cpu/ | cuda: kernels/cuda/ |
+| twin (fused.py, optim.py, tensor.py)           | cpu: kernels/cpu/ | cuda: kernels/cuda/ |
 |------------------------------------------------|-------------------|---------------------|
 | embed_forward, embed_backward                  | embedding.py      | -                   |
 | linear_forward, linear_backward                | linear.py         | -                   |
@@ -18,6 +18,7 @@ where there is none or kernels are off. Launchers take the twins' arguments and 
 | adamw_update, grad_norm                        | adamw.py          | adamw.py (update)   |
 | batched_matmul (tensor.py: the Tensor's @)     | matmul.py         | -                   |
 | grad_sum, grad_store (tensor.py: gradients)    | grads.py          | -                   |
+| erf (tensor.py: the exact GELU)                | erf.py            | -                   |
 
 Caches: a kernel's forward returns the cache its own backward reads (the same layout as the twin's, except the CPU
 attention's blocked cache); turn kernels on or off between training steps, not between a forward and its backward.
@@ -27,13 +28,21 @@ does the same from Python. Nothing here imports numba until a kernel is first ca
 stays light. The CPU kernels' first use also makes the process-wide settings of kernels/cpu/setup.py (README,
 "Process-wide settings"). The CUDA kernels turn themselves off, with one warning saying why, where numba's CUDA
 target cannot be loaded or sees no GPU.
+
+GELU_K and GELU_C are the constants of GELU's tanh form, gelu(x) = 0.5 x (1 + tanh(GELU_K (x + GELU_C x^3)))
+(GPT-2's; torch's gelu(approximate="tanh")), defined here once for all three of its implementations: tensor.py's
+Tensor.gelu, fused.py's linear twins and the CPU linear kernels.
 """
 import functools
 import importlib
+import math
 import os
 import warnings
 
 import numpy as np
+
+GELU_K = math.sqrt(2.0 / math.pi)
+GELU_C = 0.044715
 
 TABLE = {
     # twin                    (cpu module,       cuda module)
@@ -54,6 +63,7 @@ TABLE = {
     "batched_matmul":         ("matmul",         None),
     "grad_sum":               ("grads",          None),
     "grad_store":             ("grads",          None),
+    "erf":                    ("erf",            None),
 }
 DEVICES = ("cpu", "cuda")
 _OFF = ("0", "false", "no", "off")

@@ -9,29 +9,26 @@ kernels as the codes NO_ACTIVATION, RELU, GELU (ACTIVATION maps the names to the
 argument that is None (a missing bias, residual, activation input or bias gradient) when it compiles.
 Dimension names: N rows, D outputs (out), I inputs (in); the column sums run in pieces of ROWS rows.
 """
-import math
-
 import numba
 import numpy as np
 from numba import prange
 
+from .. import GELU_C, GELU_K
 from . import blas
 from ._jit import kernel
 from ._math import tanh
 from ._reduce import n_pieces, sum_rows
 from .tuning import ROWS
 
-_GELU_K = math.sqrt(2.0 / math.pi)
-_GELU_C = 0.044715
 NO_ACTIVATION, RELU, GELU = 0, 1, 2                 # the kernels' `act` argument (numba compiles them as constants)
 ACTIVATION = {None: NO_ACTIVATION, "relu": RELU, "gelu": GELU}
 
 
 @numba.njit(inline="always")
 def _gelu_and_slope(x, ft):
-    """gelu(x) = 0.5 x (1 + tanh u), u = k (x + c x^3); and its derivative
+    """gelu(x) = 0.5 x (1 + tanh u), u = k (x + c x^3) (k = GELU_K, c = GELU_C); and its derivative
     0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3 c x^2)."""
-    k, c, half, one = ft(_GELU_K), ft(_GELU_C), ft(0.5), ft(1)
+    k, c, half, one = ft(GELU_K), ft(GELU_C), ft(0.5), ft(1)
     th = tanh(k * (x + c * x * x * x))
     return half * x * (one + th), half * (one + th) + half * x * (one - th * th) * k * (one + ft(3) * c * x * x)
 
