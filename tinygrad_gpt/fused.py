@@ -248,10 +248,18 @@ def attention_backward(dy, cache, out=None):
     ds = prob * (dp - (dp * prob).sum(axis=-1, keepdims=True)) * scale   # dS / sqrt(hs)
     dq = ds @ k                                                    # dQ = dS K / sqrt(hs)   (B, H, t, hs)
     dk = ds.swapaxes(-1, -2) @ q                                   # dK = dS^T Q / sqrt(hs) (B, H, Tk, hs)
+    return grads_into(out, (dq, dk, dv))
+
+
+def grads_into(out, grads):
+    """The last step of an attention backward (this twin's and both kernels'): the gradients (dq, dk, dv) as they are
+    when `out` is None, else written into out's arrays or views (skipping one that already is its gradient), and out
+    returned."""
     if out is None:
-        return dq, dk, dv
-    for o, grad in zip(out, (dq, dk, dv)):
-        o[...] = grad
+        return tuple(grads)
+    for o, grad in zip(out, grads, strict=True):
+        if o is not grad:
+            o[...] = grad
     return out
 
 

@@ -2,7 +2,10 @@
 arrays). Each kernel has a twin of the same name in fused.py, optim or tensor.py: plain array code that states the math
 and is the oracle the kernels are tested against (as llm.c keeps its CPU reference beside its CUDA kernels). A twin
 is decorated with `@twin`; calling it runs the kernel this table names for its arrays' device, or the twin itself
-where there is none or kernels are off. Launchers take the twins' arguments and return what the twins return.
+where there is none or kernels are off. Launchers take the twins' arguments and return what the twins return; inside
+them each compiled kernel is called one way: `kernel.run(work, *args)` on the CPU (a CpuKernel, kernels/cpu/_jit.py:
+serial or parallel by the size of the work), `launch(kernel, dtype, grid, block, *args)` on the GPU (a CudaKernel,
+kernels/cuda/_common.py: compiled per dtype). This table is the one list of kernel modules (`modules`, `warmup`).
 
 | twin (fused.py, optim.py, tensor.py)           | cpu: kernels/cpu/ | cuda: kernels/cuda/ |
 |------------------------------------------------|-------------------|---------------------|
@@ -136,12 +139,7 @@ def launcher(name, device):
     key = (name, device)
     if key not in _launchers:
         module = TABLE[name][DEVICES.index(device)]
-        impl = None
-        if module and enabled(device):
-            mod = _module(device, module)
-            if getattr(mod, "available", lambda: True)():         # e.g. the CPU attention needs a callable BLAS
-                impl = getattr(mod, name)
-        _launchers[key] = impl
+        _launchers[key] = getattr(_module(device, module), name) if module and enabled(device) else None
     return _launchers[key]
 
 

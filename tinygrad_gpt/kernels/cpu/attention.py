@@ -13,8 +13,8 @@ Each head's queries are processed in blocks (planned by `blocks()`, the same for
 - The block of the last queries (which sees every key) comes first: the backward writes dK and dV there and adds
   the other blocks' parts.
 Every (batch row, head) pair writes only its own outputs, so the thread count changes no bits.
-Without a BLAS that numba can call (`blas.available()` False) these kernels are not used (kernels/__init__.py then
-runs the twins).
+Without a BLAS that numba can call (`blas.find()` None) the launchers run the twins instead (as the linear layers'
+and the @'s launchers fall back to NumPy's matmul): the twin's forward, and its backward on the twin's cache.
 Dimension names: B batch, H heads, t queries (the last t of Tk positions), Tk keys, hs head size, n queries of a
 block, kn keys it sees.
 """
@@ -22,14 +22,10 @@ import numba
 import numpy as np
 from numba import prange
 
+from ... import fused
 from . import blas, tuning
-from ._math import exp
 from ._jit import kernel
-
-
-
-def available():
-    return blas.available()
+from ._math import exp
 
 
 def blocks(t, tk, hs):
@@ -66,7 +62,7 @@ def _softmax_block(s, off):
     kn, n = s.shape
     ft = s.dtype.type
     m = np.full(n, -np.inf, s.dtype)                               # per query: max over the keys it sees
-    l = np.zeros(n, s.dtype)                                       # per query: sum of exp(s - m)
+    den = np.zeros(n, s.dtype)                                     # per query: sum of exp(s - m)
     for j in range(kn):
         lo = min(n, max(0, j - off))
         row, mr = s[j, lo:], m[lo:]
@@ -75,17 +71,17 @@ def _softmax_block(s, off):
     for j in range(kn):
         lo = min(n, max(0, j - off))
         s[j, :lo] = ft(0)                                          # masked: queries before lo do not see key j
-        row, mr, lr = s[j, lo:], m[lo:], l[lo:]
+        row, mr, dr = s[j, lo:], m[lo:], den[lo:]
         for i in range(row.shape[0]):
             e = exp(row[i] - mr[i])
             row[i] = e
-            lr[i] += e
+            dr[i] += e
     for i in range(n):
-        l[i] = ft(1) / l[i]
+        den[i] = ft(1) / den[i]
     for j in range(kn):
         row = s[j]
         for i in range(n):
-            row[i] *= l[i]                                         # P^T = exp(S - m)^T / l
+            row[i] *= den[i]                                       # P^T = exp(S - m)^T / sum
 
 
 @kernel(work="macs")
@@ -182,6 +178,8 @@ def attention_forward(q, k, v, keep=None, p=0.0, out=None, scale=None):
     last stride (views into a (B, t, 3C) qkv array: no copies); keep: optional boolean keep-mask (B, H, t, Tk);
     out: optional (B, H, t, hs) array or view for y; scale: of the scores (hs**-0.5 by default). -> y, cache."""
     lib = blas.find()
+    if lib is None:                                                # no BLAS to call from numba: the twin
+        return fused.attention_forward.reference(q, k, v, keep, p, out, scale)
     q, k, v = (_unit_last_stride(a) for a in (q, k, v))
     b, h, t, hs = q.shape
     tk = k.shape[-2]
@@ -198,24 +196,21 @@ def attention_forward(q, k, v, keep=None, p=0.0, out=None, scale=None):
     if out is not None and y is not out:
         out[...] = y
         y = out
-    return y, ("cpu-blocked", q, k, v, y, kb, ks, blk, pbuf, abuf, scale)
+    return y, (q, k, v, y, kb, ks, blk, pbuf, abuf, scale)
 
 
 def attention_backward(dy, cache, out=None):
     """Twin of fused.attention_backward: -> dq, dk, dv (written into `out` = (dq, dk, dv) when given)."""
-    _, q, k, v, y, kb, ks, blk, pbuf, abuf, scale = cache
     lib = blas.find()
+    if lib is None:                                                # the forward ran the twin: its cache
+        return fused.attention_backward.reference(dy, cache, out)
+    q, k, v, y, kb, ks, blk, pbuf, abuf, scale = cache
     dy = _unit_last_stride(dy)
     given = out if out is not None else (None, None, None)
     grads = [o if o is not None and o.strides[-1] == o.itemsize else np.empty(a.shape, a.dtype)
-             for o, a in zip(given, (q, k, v))]
+             for o, a in zip(given, (q, k, v), strict=True)]
     b, h, t, hs = q.shape
     with lib.single_threaded():
         attention_bwd.run(b * h * t * k.shape[-2] * hs, lib.gemm_for(q.dtype), lib.ilp64, q, k, v, y, dy, *grads, blk,
                           pbuf, abuf, kb, scale, ks)
-    if out is None:
-        return tuple(grads)
-    for o, g in zip(out, grads):
-        if o is not g:
-            o[...] = g
-    return out
+    return fused.grads_into(out, grads)

@@ -11,7 +11,7 @@ Which BLAS (`find()`, its `.name`; TINYGRAD_GPT_BLAS=auto|mkl|openblas|none over
 - auto (the default): Intel's MKL where the `mkl` package is installed (`pip install "tinygrad_gpt[mkl]"`: its
   libmkl_rt, loaded here), else NumPy's own BLAS (OpenBLAS in NumPy's wheels) found among the loaded libraries.
 - mkl: MKL, or (with a warning) NumPy's BLAS where the mkl package is missing; openblas: NumPy's OpenBLAS; none:
-  no BLAS from numba (`available()` False: the linear layers use NumPy's matmul, the attention its twin).
+  no BLAS from numba (`find()` None: the launchers fall back, as below).
 
 The integer width of the interface is detected, never assumed (a wrong width crashes the process or computes with
 garbage sizes): OpenBLAS states it in its build configuration (`openblas_get_config()` contains USE64BITINT for an
@@ -24,8 +24,9 @@ numba's GNU one); where another library loaded it first, its thread count is set
 OpenBLAS's is.
 
 The functions' addresses reach the kernels as plain integers, and `gemm` calls through them (an LLVM indirect call),
-so the compiled kernels stay cacheable on disk. Where no BLAS is found (another BLAS, another OS), `available()` is
-False and the launchers use NumPy's matmul instead.
+so the compiled kernels stay cacheable on disk. Where no BLAS is found (another BLAS, another OS), `find()` is None
+and each launcher that calls one falls back, the one way they all do (`lib = blas.find()`, then `if lib is None`):
+NumPy's matmul for the linear layers (their epilogues still in kernels) and the @, the twin for the attention.
 """
 import contextlib
 import ctypes

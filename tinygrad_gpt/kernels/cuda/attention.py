@@ -13,6 +13,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from ...fused import grads_into
 from ._common import MAX_THREADS, CudaKernel, array_module, launch, numba_type, row_config, row_max, row_sum
 
 
@@ -170,8 +171,4 @@ def attention_backward(dy, cache, out=None, *, config=None):
     ds = causal_softmax_backward(dp, prob, t, scale, mask, config=config)   # dS (scale folded in)
     dq = xp.matmul(ds, k)                                          # dQ = dS K / sqrt(hs)   (B, H, t, hs)
     dk = xp.matmul(ds.swapaxes(-1, -2), q)                         # dK = dS^T Q / sqrt(hs) (B, H, Tk, hs)
-    if out is not None:
-        for o, g in zip(out, (dq, dk, dv)):
-            o[...] = g
-        return out
-    return dq, dk, dv
+    return grads_into(out, (dq, dk, dv))
