@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 from cli_support import TINY_MODEL, log, run
 from tinygrad_gpt import checkpoint as ck
 from tinygrad_gpt.data import DATA_DIR
+from tinygrad_gpt.errors import TrainingDiverged
 from tinygrad_gpt.model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -365,7 +366,7 @@ def test_gpu_loss_readback_names_the_diverged_step():
     run.pending = [(5, np.asarray(2.0, np.float32)), (6, np.asarray(np.nan, np.float32)),
                    (7, np.asarray(np.inf, np.float32))]
     run.ema_loss, run.saved_step, run.out = None, 4, Path("runs/x")
-    with pytest.raises(T.TrainingDiverged, match="at step 6"):
+    with pytest.raises(TrainingDiverged, match="at step 6"):
         run.sync_losses()
     assert run.pending == [] and run.ema_loss == 2.0
     run.sync_losses()                                  # nothing pending: no-op

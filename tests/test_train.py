@@ -24,7 +24,7 @@ import ddp_driver
 from cli_support import TINY_MODEL, log, run
 from tinygrad_gpt import budget
 from tinygrad_gpt.budget import evaluations_between, fit_steps, parse_duration
-from tinygrad_gpt.config import ConfigError
+from tinygrad_gpt.errors import ConfigError
 
 TINY = [*TINY_MODEL, "--sample-chars", "0"]
 
