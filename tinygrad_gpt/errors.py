@@ -8,8 +8,10 @@ What the command line needs to know is the category; cli.py prints the one-line 
     RunFailed     a run that started and then failed: the loss diverged, a checkpoint could not be written. The last
                   good checkpoint is intact. Exit status 1.
 
-Subclasses exist only where a caller catches one kind apart from the rest of its category (ConfigError,
-DataError, CheckpointError; TrainingDiverged, SaveFailed). Every message is one line meant for the user.
+A subclass exists where code catches that kind apart from the rest of its category (ConfigError: a time budget
+too short removes the empty run directory; CheckpointError: checkpoint.save turns one into a ValueError;
+DeviceError: cuda_available), or where a user of the Python API would tell it apart (DataError from load_corpus;
+TrainingDiverged and SaveFailed from train()). Every message is one line meant for the user.
 
 The torch-shaped front end (SPEC section 8) raises what torch would, so a handler written for torch's exception
 catches ours: TensorError (torch's RuntimeError, NumPy's ValueError), ModuleError, SerializationError and
