@@ -42,7 +42,7 @@ from .creation import (
     zeros_like,
 )
 from .data import CharTokenizer
-from .dtypes import (  # noqa: A004
+from .dtypes import (  # noqa: A004 - torch's names (bool, ...) shadow builtins here, as in torch
     bool,
     double,
     float,
@@ -62,7 +62,7 @@ from .dtypes import (  # noqa: A004
 from .errors import DeviceError, TensorError, UnsupportedError, unsupported_getattr
 from .gradcheck import gradcheck
 from .model import GPT, GPTConfig
-from .ops import (  # noqa: A004
+from .ops import (  # noqa: A004 - torch's names (abs, all, ...) shadow builtins here, as in torch
     abs,
     all,
     allclose,

@@ -287,8 +287,10 @@ def table(rows, markdown=True):
         out += ["| " + " | ".join(line) + " |" for line in lines]
         return "\n".join(out)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w)             # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
     return "\n".join([fmt(head)] + [fmt(line) for line in lines])
 
 

@@ -104,7 +104,7 @@ def _probe(device):
         return False
     if device == "cpu":
         try:
-            import numba  # noqa: F401
+            import numba  # noqa: F401 - only whether it imports: a broken installation falls back to NumPy
             _module("cpu", "setup").configure()
         except ImportError as e:   # numba is a dependency: only a broken installation gets here
             warnings.warn(f"tinygrad_gpt: CPU kernels disabled, using NumPy code instead ({e}); reinstall numba",
