@@ -336,8 +336,6 @@ def hardware_peak(cpus):
             "formula": "cores x FMA lanes x FMA units x 2 x GHz"}
 
 
-
-
 def machine_info():
     cpu = platform.processor() or platform.machine()
     try:

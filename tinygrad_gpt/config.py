@@ -71,13 +71,7 @@ class TrainConfig:
     # ---- the flat names ----------------------------------------------------------------------------------------
     def flat(self):
         """{setting: value} in setting_names() order: the training fields, the model's in place of `model`."""
-        out = {}
-        for f in dataclasses.fields(self):
-            if f.name == "model":
-                out.update({k: getattr(self.model, k) for k in MODEL_SETTINGS})
-            else:
-                out[f.name] = getattr(self, f.name)
-        return out
+        return {k: getattr(self.model if k in MODEL_SETTINGS else self, k) for k in setting_names()}
 
     @classmethod
     def from_flat(cls, settings):

@@ -332,9 +332,7 @@ class Trainer:
         if save:
             self.last_val, self.best_val = rec["val_loss"], min(self.best_val, rec["val_loss"])
             rec["best_val_loss"] = self.best_val
-            self.save(LAST)
-            if improved:
-                self.save(BEST)
+            self.save(*((LAST, BEST) if improved else (LAST,)))
         self.history.append(rec)
         self.rundir.record(rec, self.history, self.title)
         log_line(self, rec, improved)
@@ -344,11 +342,13 @@ class Trainer:
         """checkpoint.write's arguments for the state now (checkpoint_args; `collective` as state()'s)."""
         return checkpoint_args(self, self.state(collective))
 
-    def save(self, name):
-        """Checkpoint `name` (last or best) from state(); every rank takes part (the dropout streams are gathered),
-        rank 0 writes."""
+    def save(self, *names):
+        """Checkpoints `names` (last, best) from one state(); every rank takes part (the dropout streams are
+        gathered), rank 0 writes."""
         self.sync_losses()                                # never save past a diverged step
-        self.rundir.save(name, **self.checkpoint())
+        checkpoint = self.checkpoint()
+        for name in names:
+            self.rundir.save(name, **checkpoint)
         self.saved_step = self.step
 
 
